@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Install whatever is missing for cvattn_mm, then verify the result.
+#
+#   bash tools/install.sh            # venv in ./.venv (created when absent)
+#   CVATTN_PYTHON=/path/to/python bash tools/install.sh   # use an existing environment
+#
+# What it does, each step only when needed:
+#   1. a virtual environment in .venv (git-ignored), unless CVATTN_PYTHON names a Python;
+#   2. torch 2.14.1 + torchvision 0.29.1, only when no torch is installed (a torch that is
+#      already there, e.g. a user's CUDA build, is never replaced);
+#   3. mmcv 2.1.0 compiled WITH ops from the PyPI sdist (setuptools<82, no build isolation,
+#      -std=c++20 for torch>=2.14 headers). The wheel is cached outside the repository in
+#      $CVATTN_WHEELHOUSE (default ~/.cache/cvattn_mm/wheels), keyed by the torch version and
+#      Python tag, so the ~13 minute compile happens once per machine and torch;
+#   4. the OpenMMLab stack, the optional and test requirements, openmim without its harmful
+#      dependencies, and cvattn_mm itself (editable);
+#   5. a self-check: mmcv ops load, mmdet/mmseg/mmpretrain import their models, cvattn_mm
+#      imports. Any failure stops with the reason.
+# A stamp in the environment records the hash of the requirement files, so a second run with
+# nothing to do only re-runs the self-check.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MMCV_VERSION=2.1.0
+TORCH_DEFAULT="torch==2.14.1 torchvision==0.29.1"
+WHEELHOUSE_ROOT=${CVATTN_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/cvattn_mm/wheels}
+
+say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31m[install] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# 1. the Python environment
+if [[ -n "${CVATTN_PYTHON:-}" ]]; then
+    PY=$CVATTN_PYTHON
+    STAMP_DIR=$("$PY" -c 'import sys; print(sys.prefix)')
+else
+    VENV=$ROOT/.venv
+    if [[ ! -x $VENV/bin/python ]]; then
+        say "creating virtual environment $VENV"
+        python3 -m venv "$VENV" || die "python3 -m venv failed (install python3-venv)"
+    fi
+    PY=$VENV/bin/python
+    STAMP_DIR=$VENV
+fi
+PIP=("$PY" -m pip --disable-pip-version-check)
+"$PY" -c 'import sys; assert sys.version_info >= (3, 8)' || die "$PY is older than Python 3.8"
+
+verify() {
+    "$PY" - <<'EOF'
+import importlib
+import sys
+
+problems = []
+try:
+    import torch
+    import torchvision  # noqa: F401  (mmpretrain imports it unconditionally)
+except Exception as e:  # noqa: BLE001
+    problems.append(f'torch/torchvision do not import: {e!r}')
+try:
+    import mmcv
+    from mmcv.ops import nms, roi_align  # noqa: F401  compiled ops
+    import mmcv._ext  # noqa: F401
+    if mmcv.__version__ != '2.1.0':
+        problems.append(f'mmcv is {mmcv.__version__}, expected 2.1.0')
+except Exception as e:  # noqa: BLE001
+    problems.append(f'mmcv compiled ops do not load: {e!r}')
+for name in ('mmengine', 'mmdet.models', 'mmseg.models', 'mmpretrain.models', 'einops',
+             'cvattn_mm'):
+    try:
+        importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001
+        problems.append(f'{name} does not import: {e!r}')
+if problems:
+    print('\n'.join(problems), file=sys.stderr)
+    sys.exit(1)
+import mmdet, mmpretrain, mmseg, mmengine  # noqa: E401,E402
+print(f'torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__} '
+      f'(ops), mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, '
+      f'mmseg {mmseg.__version__}')
+EOF
+}
+
+STAMP=$STAMP_DIR/.cvattn_mm-install-stamp
+HASH=$(cat "$ROOT"/requirements/*.txt "$ROOT/tools/install.sh" "$ROOT/setup.py" | sha256sum | cut -c1-16)
+if [[ -f $STAMP && "$(cat "$STAMP")" == "$HASH" ]] && verify >/dev/null 2>&1; then
+    say "environment up to date ($PY)"
+    exit 0
+fi
+
+# 2. torch
+if "$PY" -c 'import torch' 2>/dev/null; then
+    say "keeping the installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
+    "$PY" -c 'import torchvision' 2>/dev/null \
+        || die "torch is installed but torchvision is not: install the torchvision that matches it"
+else
+    say "installing $TORCH_DEFAULT"
+    # shellcheck disable=SC2086
+    "${PIP[@]}" install $TORCH_DEFAULT
+fi
+"${PIP[@]}" install -r "$ROOT/requirements/build.txt"
+
+# 3. mmcv with ops, from the wheelhouse when a wheel for this torch exists
+mmcv_ok() {
+    "$PY" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null
+}
+if mmcv_ok; then
+    say "mmcv $MMCV_VERSION with ops already installed"
+else
+    KEY=$("$PY" -c 'import sys, torch, platform; print(f"torch{torch.__version__}-cp{sys.version_info.major}{sys.version_info.minor}-{platform.machine()}".replace("+", "_"))')
+    HOUSE=$WHEELHOUSE_ROOT/mmcv-$MMCV_VERSION-$KEY
+    WHEEL=$(ls "$HOUSE"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+    if [[ -z $WHEEL ]]; then
+        say "compiling mmcv $MMCV_VERSION with ops for $KEY (about 13 minutes on 2 cores, once per machine)"
+        BUILD=$(mktemp -d)
+        trap 'rm -rf "$BUILD"' EXIT
+        "${PIP[@]}" download --no-deps --no-binary :all: --no-build-isolation -d "$BUILD" "mmcv==$MMCV_VERSION" \
+            || die "could not download the mmcv $MMCV_VERSION sdist"
+        tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
+        # torch >= 2.14 headers need C++20; mmcv 2.1.0 hard-codes -std=c++17
+        sed -i "s/'-std=c++17'/'-std=c++20'/g" "$BUILD/mmcv-$MMCV_VERSION/setup.py"
+        MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel --no-build-isolation --no-deps \
+            --no-cache-dir -w "$BUILD/dist" "$BUILD/mmcv-$MMCV_VERSION" \
+            || die "compiling mmcv failed (see the compiler output above)"
+        mkdir -p "$HOUSE"
+        cp "$BUILD"/dist/mmcv-*.whl "$HOUSE/"
+        WHEEL=$(ls "$HOUSE"/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
+        say "cached $WHEEL"
+    else
+        say "using cached $WHEEL"
+    fi
+    "${PIP[@]}" install --force-reinstall --no-deps "$WHEEL"
+    mmcv_ok || die "mmcv was installed from $WHEEL but its compiled ops do not load"
+fi
+
+# 4. the OpenMMLab stack, cvattn_mm and its tools
+"${PIP[@]}" install -r "$ROOT/requirements/mminstall.txt" -r "$ROOT/requirements/runtime.txt" \
+    -r "$ROOT/requirements/optional.txt" -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/build.txt"
+"${PIP[@]}" install --no-deps openmim==0.3.9
+"${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+
+# 5. self-check
+say "verifying"
+verify || die "the environment is incomplete (see above)"
+echo "$HASH" > "$STAMP"
+say "done ($PY)"
