@@ -31,7 +31,7 @@ setup(
     long_description=read_readme(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.8',
+    python_requires='>=3.10',
     packages=find_packages(include=['cvattn_mm', 'cvattn_mm.*']),
     include_package_data=True,
     install_requires=read_requirements('runtime'),

@@ -1,4 +1,8 @@
 """cvattn_mm: computer-vision attention modules for OpenMMLab 2.x."""
+from . import attention, heads, insertion, registry  # noqa: F401  (registers the modules)
+from .checkpoint_safety import allow_mmengine_checkpoints
 from .version import __version__
 
-__all__ = ["__version__"]
+allow_mmengine_checkpoints()
+
+__all__ = ['__version__']

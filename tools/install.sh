@@ -42,7 +42,7 @@ else
     STAMP_DIR=$VENV
 fi
 PIP=("$PY" -m pip --disable-pip-version-check)
-"$PY" -c 'import sys; assert sys.version_info >= (3, 8)' || die "$PY is older than Python 3.8"
+"$PY" -c 'import sys; assert sys.version_info >= (3, 10)' || die "$PY is older than Python 3.10"
 
 verify() {
     "$PY" - <<'EOF'
@@ -98,10 +98,11 @@ else
 fi
 "${PIP[@]}" install -r "$ROOT/requirements/build.txt"
 
-# 3. mmcv with ops, from the wheelhouse when a wheel for this torch exists
+# 3. mmcv with ops: a wheel built for this torch, from the wheelhouse or compiled once
 mmcv_ok() {
     "$PY" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null
 }
+MMCV_WHEEL=()
 if mmcv_ok; then
     say "mmcv $MMCV_VERSION with ops already installed"
 else
@@ -127,13 +128,16 @@ else
     else
         say "using cached $WHEEL"
     fi
-    "${PIP[@]}" install --force-reinstall --no-deps "$WHEEL"
-    mmcv_ok || die "mmcv was installed from $WHEEL but its compiled ops do not load"
+    # an mmcv without ops (or built for another torch) must go before the wheel goes in
+    "${PIP[@]}" uninstall -y mmcv mmcv-lite >/dev/null 2>&1 || true
+    MMCV_WHEEL=("$WHEEL")
 fi
 
-# 4. the OpenMMLab stack, cvattn_mm and its tools
-"${PIP[@]}" install -r "$ROOT/requirements/mminstall.txt" -r "$ROOT/requirements/runtime.txt" \
-    -r "$ROOT/requirements/optional.txt" -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/build.txt"
+# 4. the OpenMMLab stack (mmcv from the wheel above), cvattn_mm and its tools
+"${PIP[@]}" install "${MMCV_WHEEL[@]}" -r "$ROOT/requirements/mminstall.txt" \
+    -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/optional.txt" \
+    -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/build.txt"
+mmcv_ok || die "mmcv $MMCV_VERSION is installed but its compiled ops do not load"
 "${PIP[@]}" install --no-deps openmim==0.3.9
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 

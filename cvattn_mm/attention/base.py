@@ -1,0 +1,71 @@
+"""The base class of every attention module: metadata and input validation."""
+from typing import ClassVar, Optional
+
+import torch
+from mmengine.model import BaseModule
+
+from .checks import check_int
+
+#: The families of attention, after Guo et al., "Attention mechanisms in computer vision:
+#: a survey" (arXiv:2111.07624).
+FAMILIES = {
+    'channel': 'reweights channels from a global descriptor',
+    'spatial': 'reweights or aggregates positions (incl. self-attention over positions)',
+    'channel_spatial': 'reweights both channels and positions',
+    'branch': 'selects among parallel branches',
+}
+
+#: Where a paper puts its module; the insertion presets translate these per backbone.
+PAPER_POSITIONS = {
+    'residual_end': 'on the residual branch, after its last norm, before the addition',
+    'before_mid_norm': "after the residual branch's (last) 3x3 conv, before its norm",
+    'replaces_mid_conv': "in place of the residual branch's 3x3 conv",
+    'between_stages': 'at the end of every stage but the last',
+    'late_stages': 'in the last stages (on the coarsest feature maps)',
+}
+
+
+class AttentionModule(BaseModule):
+    """Base of the attention modules of cvattn_mm.
+
+    A subclass maps an ``(N, C, H, W)`` tensor to a tensor of the same shape and declares:
+
+    * ``family``: a key of :data:`FAMILIES`;
+    * ``paper``: authors, title, venue and arXiv id;
+    * ``paper_position``: a key of :data:`PAPER_POSITIONS`;
+    * ``_abbr_``: the short, unique name used in state-dict keys and plug-in names.
+
+    Args:
+        in_channels (int | None): Channel count C of the input. ``None`` only for modules
+            that are independent of C (they then accept any C).
+        init_cfg (dict | list[dict], optional): mmengine initialisation config.
+    """
+
+    family: ClassVar[str]
+    paper: ClassVar[str]
+    paper_position: ClassVar[str]
+    _abbr_: ClassVar[str]
+
+    def __init__(self, in_channels: Optional[int], init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if in_channels is not None:
+            in_channels = check_int(type(self).__name__, 'in_channels', in_channels, 1)
+        self.in_channels = in_channels
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is an ``(N, in_channels, H, W)`` tensor.
+
+        Skipped while tracing (the traced graph is specialised to the traced input anyway).
+        """
+        if torch.jit.is_tracing():
+            return
+        if x.dim() != 4:
+            raise ValueError(f'{type(self).__name__} expects an (N, C, H, W) tensor, got '
+                             f'shape {tuple(x.shape)}')
+        if self.in_channels is not None and x.shape[1] != self.in_channels:
+            raise ValueError(f'{type(self).__name__} was built for in_channels='
+                             f'{self.in_channels} but got {x.shape[1]} channels '
+                             f'(input shape {tuple(x.shape)})')
+
+    def extra_repr(self) -> str:
+        return f'in_channels={self.in_channels}'

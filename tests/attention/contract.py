@@ -1,0 +1,191 @@
+"""Checks of the attention module contract (design.md section 1).
+
+Each ``check_*`` takes a factory that builds a fresh module and asserts one property. The
+registry-wide suite (``test_contract.py``) runs them on every registered module with its
+defaults; a module's own tests call them on its non-default variants.
+"""
+import inspect
+import re
+import warnings
+
+import torch
+
+from cvattn_mm.attention import FAMILIES, PAPER_POSITIONS
+
+SIZES = [(8, 8), (1, 1), (7, 7), (13, 17)]
+#: An arXiv id, or a PMLR volume for papers that are not on arXiv (SimAM, ICML 2021).
+CITATION = r'arXiv:\d{4}\.\d{4,5}|PMLR \d+'
+
+
+def make_input(module, n=2, size=(8, 8), seed=0):
+    channels = module.in_channels or 16
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, *size, generator=gen)
+
+
+def perturb_parameters(module, scale=0.1, seed=0):
+    """Add noise to every parameter so that zero-initialised layers pass gradients on."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return module
+
+
+def assert_close_rel(actual, expected, rtol, what):
+    err = (actual.float() - expected.float()).abs().max().item()
+    scale = expected.float().abs().max().item() + 1e-6
+    assert err <= rtol * scale, f'{what}: max abs error {err:.3g} > {rtol} * {scale:.3g}'
+
+
+def check_metadata(cls):
+    name = cls.__name__
+    assert cls.family in FAMILIES, f'{name}.family={cls.family!r}'
+    assert cls.paper_position in PAPER_POSITIONS, f'{name}.paper_position'
+    assert re.search(CITATION, cls.paper), f'{name}.paper needs an arXiv id or a PMLR volume'
+    assert '_abbr_' in vars(cls), f'{name} must declare its own _abbr_'
+    assert cls.__doc__ and re.search(CITATION, cls.__doc__), f'{name} docstring must cite the paper'
+    params = list(inspect.signature(cls.__init__).parameters)
+    assert params[1] == 'in_channels', f'{name}: in_channels must come first, got {params}'
+    assert params[-1] == 'init_cfg', f'{name}: init_cfg must come last, got {params}'
+
+
+def check_shapes(factory):
+    module = factory()
+    module.init_weights()
+    for size in SIZES:
+        x = make_input(module, size=size)
+        y = module(x)
+        assert y.shape == x.shape, f'{size}: {tuple(y.shape)} != {tuple(x.shape)}'
+        assert y.dtype == x.dtype
+        assert torch.isfinite(y).all(), f'{size}: non-finite output'
+
+
+def check_gradients(factory):
+    module = perturb_parameters(factory())
+    x = make_input(module, size=(7, 9)).requires_grad_()
+    y = module(x)
+    y.mul(torch.randn_like(y)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0, 'no gradient to the input'
+    for pname, p in module.named_parameters():
+        assert p.grad is not None, f'{pname} gets no gradient'
+        assert torch.isfinite(p.grad).all(), f'{pname} has a non-finite gradient'
+        assert p.grad.abs().sum() > 0, f'{pname} gets a zero gradient'
+
+
+def check_batch_one(factory):
+    """A sample gives the same output alone (batch 1) as inside a batch (eval mode)."""
+    module = perturb_parameters(factory()).eval()
+    x = make_input(module, n=3, size=(7, 5))
+    with torch.no_grad():
+        full = module(x)
+        single = module(x[1:2])
+    assert single.shape == (1, *x.shape[1:])
+    assert_close_rel(single, full[1:2], 1e-4, 'batch 1 vs batch 3')
+    module.train()
+    module(make_input(module, n=1, size=(7, 5)))
+
+
+def check_autocast(factory, dtype):
+    module = perturb_parameters(factory()).eval()
+    x = make_input(module, size=(7, 9))
+    with torch.no_grad():
+        ref = module(x)
+        with torch.autocast('cpu', dtype=dtype):
+            y = module(x)
+    assert y.shape == x.shape
+    assert y.is_floating_point() and torch.isfinite(y).all()
+    assert_close_rel(y, ref, 0.1, f'{dtype} autocast vs fp32')
+
+
+def check_channels_last(factory):
+    module = perturb_parameters(factory()).eval()
+    x = make_input(module, size=(7, 9))
+    with torch.no_grad():
+        ref = module(x)
+        y = module(x.to(memory_format=torch.channels_last))
+        module_cl = module.to(memory_format=torch.channels_last)
+        y2 = module_cl(x.to(memory_format=torch.channels_last))
+    assert_close_rel(y, ref, 1e-4, 'channels_last input')
+    assert_close_rel(y2, ref, 1e-4, 'channels_last module and input')
+
+
+def check_eval_mode(factory):
+    module = perturb_parameters(factory())
+    module.eval()
+    assert not any(m.training for m in module.modules())
+    x = make_input(module, size=(6, 6))
+    with torch.no_grad():
+        assert torch.equal(module(x), module(x)), 'eval output is not deterministic'
+
+
+def check_jit_trace(factory):
+    module = perturb_parameters(factory()).eval()
+    x = make_input(module, size=(7, 9))
+    with torch.no_grad():
+        traced = torch.jit.trace(module, x, check_trace=False)
+        assert_close_rel(traced(x), module(x), 1e-5, 'jit.trace')
+
+
+def check_bad_input(factory):
+    module = factory()
+    if module.in_channels is not None:
+        c = module.in_channels
+        x = torch.randn(2, c + 1, 8, 8)
+        try:
+            module(x)
+        except ValueError as e:
+            msg = str(e)
+            assert type(module).__name__ in msg and str(c) in msg and str(c + 1) in msg, msg
+        else:
+            raise AssertionError('wrong channel count was accepted')
+    try:
+        module(torch.randn(2, module.in_channels or 16, 8))
+    except ValueError as e:
+        assert type(module).__name__ in str(e) and '(N, C, H, W)' in str(e), str(e)
+    else:
+        raise AssertionError('a 3-D input was accepted')
+
+
+def check_torch_compile(factory):
+    module = perturb_parameters(factory()).eval()
+    x = make_input(module, size=(7, 9))
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend='aot_eager')
+    with torch.no_grad():
+        assert_close_rel(compiled(x), module(x), 1e-5, 'torch.compile')
+
+
+def check_onnx(factory, tmp_path):
+    """Export at opset 17 and compare onnxruntime's output with PyTorch's.
+
+    The TorchScript-based exporter writes opset 17 directly; the dynamo exporter emits opset
+    18 and its down-conversion to 17 fails on ReduceMean's axes (onnx 1.x), so it is not used.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    module = perturb_parameters(factory()).eval()
+    x = make_input(module, size=(7, 9))
+    path = str(tmp_path / 'module.onnx')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(module, (x, ), path, opset_version=17, input_names=['x'],
+                          output_names=['y'], dynamo=False)
+    assert [o.version for o in onnx.load(path).opset_import if o.domain == ''] == [17]
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    (y, ) = session.run(None, {'x': x.numpy()})
+    with torch.no_grad():
+        assert_close_rel(torch.from_numpy(y), module(x), 1e-4, 'onnxruntime')
+
+
+ALL_CHECKS = [check_shapes, check_gradients, check_batch_one, check_channels_last,
+              check_eval_mode, check_jit_trace, check_bad_input]
+
+
+def run_contract(factory):
+    """Run every check (except compile and ONNX) on ``factory``; for module variants."""
+    for check in ALL_CHECKS:
+        check(factory)
+    check_autocast(factory, torch.bfloat16)
+    check_autocast(factory, torch.float16)
