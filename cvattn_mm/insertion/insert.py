@@ -1,0 +1,229 @@
+"""Insert attention modules into any model, keeping its own state-dict keys unchanged.
+
+Each insertion names an attention config and places. The modules live in one
+``attention_sites`` ModuleDict added to the model, and forward hooks on the host modules
+pass the hosts' outputs through them, so:
+
+* every original key of the model's state dict is unchanged (pretrained checkpoints load;
+  only ``attention_sites.*`` keys are missing, and reported as such);
+* the model keeps its class, attributes, ``frozen_stages``, ``norm_eval``, ``init_cfg`` and
+  ``out_indices``; ``frozen_stages`` does not freeze the inserted attention;
+* hooks are re-attached when a host module is replaced (e.g. SyncBN conversion).
+"""
+import copy
+import inspect
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.registry import MODELS as MMENGINE_MODELS
+
+from ..attention.base import AttentionModule
+from ..registry import MODELS, register_model
+from .places import candidate_message, resolve_places
+from .site import LAYOUTS, ApplySite, AttentionSite, IdentityBlend, RecordHWShape
+
+SITES = 'attention_sites'
+INSERTION_KEYS = ('attention', 'at', 'identity_init', 'layout')
+
+
+def site_key(path: str) -> str:
+    """Key of a site in the ``attention_sites`` ModuleDict (ModuleDict keys have no dots)."""
+    return path.replace('.', '-')
+
+
+def insert_attention(model: nn.Module,
+                     insertions: Sequence[dict],
+                     example_inputs: Optional[Tuple] = None) -> nn.Module:
+    """Insert attention into ``model`` in place and return it.
+
+    Args:
+        model: Any ``nn.Module`` (a backbone, a neck, a whole detector...).
+        insertions: Dicts with ``attention`` (a registered attention config, without
+            ``in_channels``: it is inferred), ``at`` (``'paper'`` or path patterns, default
+            ``'paper'``), ``identity_init`` (default False: when True the attention is blended
+            in by a zero-initialised gain, so the model computes exactly what it computed
+            without it), ``layout`` (optional override of the inferred layout).
+            Several insertions at one place apply in the given order.
+        example_inputs: Inputs of one forward pass used to infer the channels and layouts
+            of the hosts; by default an image of 224x224 (necks: maps of the ``in_channels``).
+
+    Returns:
+        ``model``, with an ``attention_sites`` ModuleDict.
+    """
+    plans = [_plan(model, dict(insertion)) for insertion in insertions]
+    sites = _sites_of(model)
+    order = {p: i for i, (p, _) in enumerate(model.named_modules())}
+    new_paths = sorted({p for plan in plans for p in plan['paths'] if site_key(p) not in sites},
+                       key=order.__getitem__)
+    outputs = probe_outputs(model, new_paths, example_inputs)
+    for path in new_paths:
+        layout = next((pl['layout'] for pl in plans if path in pl['paths'] and pl['layout']),
+                      None) or infer_layout(model.get_submodule(path), outputs[path], path)
+        shape = outputs[path].shape
+        channels = shape[1] if layout == 'nchw' else shape[-1]
+        sites[site_key(path)] = AttentionSite(path, layout, channels)
+        attach_site(model, sites[site_key(path)])
+    for plan in plans:
+        for path in plan['paths']:
+            site = sites[site_key(path)]
+            attention = MODELS.build(dict(plan['attention'], in_channels=site.channels))
+            if plan['identity_init']:
+                attention = IdentityBlend(attention)
+            name = type(attention.attention if plan['identity_init'] else attention)._abbr_
+            site.attentions[_unique(name, site.attentions)] = attention
+    return model
+
+
+def _plan(model: nn.Module, insertion: dict) -> dict:
+    unknown = sorted(set(insertion) - set(INSERTION_KEYS))
+    if unknown or 'attention' not in insertion:
+        raise ValueError(f'an insertion takes the keys {INSERTION_KEYS} (attention required), '
+                         f'got {sorted(insertion)}')
+    attention = copy.deepcopy(dict(insertion['attention']))
+    if 'type' not in attention:
+        raise ValueError(f'insertion attention config needs a type, got {attention}')
+    if 'in_channels' in attention:
+        raise ValueError(f"insertion of {attention['type']}: remove in_channels="
+                         f"{attention['in_channels']}, the channels are inferred at each place")
+    cls = MODELS.get(attention['type'])
+    if not (isinstance(cls, type) and issubclass(cls, AttentionModule)):
+        raise ValueError(f"insertion attention type {attention['type']!r} is not an "
+                         'attention module of cvattn_mm')
+    layout = insertion.get('layout')
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f'insertion layout must be one of {tuple(LAYOUTS)}, got {layout!r}')
+    return dict(attention=attention, layout=layout,
+                identity_init=bool(insertion.get('identity_init', False)),
+                paths=resolve_places(model, insertion.get('at', 'paper'), cls))
+
+
+def _sites_of(model: nn.Module) -> nn.ModuleDict:
+    sites = getattr(model, SITES, None)
+    if sites is None:
+        if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            raise ValueError(f'cannot insert attention into a bare {type(model).__name__}: it '
+                             'runs or lists all its children, the attention sites included; '
+                             'insert into a Module that holds it')
+        if hasattr(model, SITES):
+            raise ValueError(f'{type(model).__name__} already has an attribute {SITES!r}')
+        sites = nn.ModuleDict()
+        model.add_module(SITES, sites)
+        model.register_forward_pre_hook(KeepSitesAttached())
+    return sites
+
+
+def _unique(name: str, taken) -> str:
+    if name not in taken:
+        return name
+    i = 2
+    while f'{name}_{i}' in taken:
+        i += 1
+    return f'{name}_{i}'
+
+
+def infer_layout(host: nn.Module, output: torch.Tensor, path: str) -> str:
+    """``'tokens'`` for (N, L, C) outputs, ``'nhwc'`` for rank-4 outputs of Linear layers
+    (channels-last blocks), ``'nchw'`` for other rank-4 outputs."""
+    if output.dim() == 3:
+        return 'tokens'
+    if output.dim() == 4:
+        return 'nhwc' if isinstance(host, nn.Linear) else 'nchw'
+    raise ValueError(f'cannot insert attention after {path}: its output has shape '
+                     f'{tuple(output.shape)}; attention needs (N, C, H, W), (N, H, W, C) or '
+                     '(N, L, C) outputs')
+
+
+def attach_site(model: nn.Module, site: AttentionSite) -> None:
+    """(Re-)attach the hooks of ``site`` to its host module in ``model``."""
+    for handle in site.__dict__.pop('_handles', ()):
+        handle.remove()
+    host = model.get_submodule(site.path)
+    handles = [host.register_forward_hook(ApplySite(site))]
+    if site.layout == 'tokens':
+        block, position = _hw_shape_owner(model, site.path)
+        handles.append(block.register_forward_pre_hook(RecordHWShape(site, position),
+                                                        with_kwargs=True))
+    site.__dict__['_handles'] = handles
+    site.__dict__['_host'] = host
+
+
+def _hw_shape_owner(model: nn.Module, path: str):
+    """The closest module on ``path`` (itself included) whose forward takes ``hw_shape``."""
+    parts = path.split('.')
+    for depth in range(len(parts), 0, -1):
+        module = model.get_submodule('.'.join(parts[:depth]))
+        params = list(inspect.signature(module.forward).parameters)
+        if 'hw_shape' in params:
+            return module, params.index('hw_shape')
+    raise ValueError(f'{path} outputs tokens, but no module on its path takes hw_shape in its '
+                     "forward, so their (H, W) is unknown; pass layout='nchw' or 'nhwc' if "
+                     'the output is a map')
+
+
+class KeepSitesAttached:
+    """Forward pre-hook of the model: re-attaches sites whose host module was replaced."""
+
+    def __call__(self, model, args):
+        for site in getattr(model, SITES).values():
+            if site.__dict__.get('_host') is not model.get_submodule(site.path):
+                attach_site(model, site)
+
+
+def probe_outputs(model: nn.Module, paths: List[str],
+                  example_inputs: Optional[Tuple] = None) -> Dict[str, torch.Tensor]:
+    """Outputs of the modules at ``paths`` during one forward pass in eval mode."""
+    if not paths:
+        return {}
+    if example_inputs is None:
+        example_inputs = default_example_inputs(model)
+    outputs, handles = {}, []
+    for path in paths:
+        def record(module, args, output, path=path):
+            outputs[path] = output
+        handles.append(model.get_submodule(path).register_forward_hook(record))
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    for path in paths:
+        if path not in outputs:
+            raise ValueError(f'{path} is not called by the forward pass of '
+                             f'{type(model).__name__}, so attention there would never run')
+        if not isinstance(outputs[path], torch.Tensor):
+            raise ValueError(f'cannot insert attention after {path}: it returns '
+                             f'{type(outputs[path]).__name__}, not a tensor; choose one of its '
+                             f'submodules; {candidate_message(model, path + ".")}')
+    return outputs
+
+
+def default_example_inputs(model: nn.Module, size: int = 224) -> Tuple:
+    """One image whose channels are those of the first conv (for necks with a list of
+    ``in_channels``: one map per level, at strides 4, 8, 16, ...)."""
+    param = next(model.parameters(), None)
+    kwargs = dict(dtype=param.dtype if param is not None else torch.float32,
+                  device=param.device if param is not None else 'cpu')
+    in_channels = getattr(model, 'in_channels', None)
+    if isinstance(in_channels, (list, tuple)):
+        return (tuple(torch.zeros(1, c, size // 4 >> i, size // 4 >> i, **kwargs)
+                      for i, c in enumerate(in_channels)), )
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first_conv.in_channels if first_conv is not None else 3
+    return (torch.zeros(1, channels, size, size, **kwargs), )
+
+
+@register_model(name='InsertAttention')
+def build_with_attention(module: dict, insertions: Sequence[dict],
+                         example_inputs: Optional[Tuple] = None) -> nn.Module:
+    """Config builder: ``dict(type='InsertAttention', module=<any model config>,
+    insertions=[dict(attention=dict(type='CBAM'), at='paper'), ...])``.
+
+    ``module`` is built by the registry of the current default scope (mmdet, mmseg,
+    mmpretrain), or by its own scope prefix (``'mmpretrain.ResNet'``).
+    """
+    return insert_attention(MMENGINE_MODELS.build(module), insertions, example_inputs)

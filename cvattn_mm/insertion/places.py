@@ -1,0 +1,68 @@
+"""Resolving ``at=`` of an insertion to module paths of a model."""
+import difflib
+import fnmatch
+from typing import List, Sequence, Union
+
+import torch.nn as nn
+
+from ..attention.base import PAPER_POSITIONS
+from .presets import PAPER_PRESETS, find_preset
+
+
+def candidate_message(model: nn.Module, wanted: str, limit: int = 40) -> str:
+    """A hint listing the module paths of ``model`` that come closest to ``wanted``."""
+    paths = [p for p, _ in model.named_modules() if p]
+    close = difflib.get_close_matches(wanted, paths, n=8, cutoff=0.3)
+    shown = ', '.join(close or paths[:limit])
+    more = '' if close or len(paths) <= limit else f', ... ({len(paths)} in all)'
+    return f'closest module paths: {shown}{more}'
+
+
+def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
+                   attention_cls: type) -> List[str]:
+    """Module paths of ``model`` after which ``attention_cls`` is inserted.
+
+    Args:
+        model: The host model.
+        at: ``'paper'`` for the module's paper position in this backbone family, or one or
+            several ``fnmatch`` patterns over module paths (``'layer*.*.bn3'``, ``'stages.2'``).
+        attention_cls: The attention class (for its ``paper_position``).
+
+    Returns:
+        The matched paths, in the model's module order, without duplicates.
+    """
+    if at == 'paper':
+        return _paper_places(model, attention_cls)
+    patterns = [at] if isinstance(at, str) else at
+    if not isinstance(patterns, (list, tuple)) or not patterns or \
+            not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"at= must be 'paper' or module-path patterns, got {at!r}")
+    paths = [p for p, _ in model.named_modules() if p]
+    matched = []
+    for pattern in patterns:
+        hits = [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
+        if not hits:
+            raise ValueError(f"at='{pattern}' matches no module of {type(model).__name__}; "
+                             f"use 'paper' or a pattern over module paths; "
+                             f'{candidate_message(model, pattern)}')
+        matched += hits
+    order = {p: i for i, p in enumerate(paths)}
+    return sorted(set(matched), key=order.__getitem__)
+
+
+def _paper_places(model: nn.Module, attention_cls: type) -> List[str]:
+    position = attention_cls.paper_position
+    preset = find_preset(model)
+    if preset is None:
+        raise ValueError(
+            f"at='paper': no paper-position preset for {type(model).__name__} (presets exist "
+            f'for {", ".join(sorted(PAPER_PRESETS))}); give module-path patterns instead, '
+            f'e.g. at=\'stages.*\'; {candidate_message(model, "stage")}')
+    places = preset(model, position)
+    if not places:
+        raise ValueError(
+            f"at='paper': {attention_cls.__name__}'s paper position '{position}' "
+            f'({PAPER_POSITIONS[position]}) is not defined for {type(model).__name__} '
+            f'(of this configuration); give module-path patterns instead; '
+            f'{candidate_message(model, "conv2")}')
+    return places

@@ -1,0 +1,104 @@
+"""Paper positions per backbone family.
+
+A preset maps a module's ``paper_position`` (see ``attention.base.PAPER_POSITIONS``) to the
+module paths of one backbone family. Presets are registered by backbone class name and found
+through the class's MRO, so they cover mmpretrain's, mmdet's and mmseg's classes of that name
+and their subclasses (ResNetV1c/V1d, ResNeXt, ...). A preset returns ``None`` for a position
+that its family does not define.
+"""
+from typing import Callable, Dict, List, Optional
+
+import torch.nn as nn
+
+PAPER_PRESETS: Dict[str, Callable[[nn.Module, str], Optional[List[str]]]] = {}
+
+
+def register_preset(*class_names: str):
+    """Register a preset function for backbones whose class (or a base class) has a name."""
+
+    def _register(fn):
+        for name in class_names:
+            PAPER_PRESETS[name] = fn
+        return fn
+
+    return _register
+
+
+def find_preset(model: nn.Module):
+    """The preset of ``model``'s family, or ``None``."""
+    for klass in type(model).__mro__:
+        if klass.__name__ in PAPER_PRESETS:
+            return PAPER_PRESETS[klass.__name__]
+    return None
+
+
+def _stage_ends(stage_paths: List[str], position: str) -> Optional[List[str]]:
+    """Places defined by stages alone: after every stage but the last, or the last two."""
+    if position == 'between_stages':
+        return stage_paths[:-1]
+    if position == 'late_stages':
+        return stage_paths[-2:]
+    return None
+
+
+@register_preset('ResNet')
+def resnet_places(model: nn.Module, position: str) -> Optional[List[str]]:
+    """ResNet, ResNetV1c/V1d, ResNeXt (mmpretrain, mmdet, mmseg), Bottleneck and BasicBlock."""
+    stages = list(model.res_layers)
+    blocks = [(f'{stage}.{i}', block) for stage in stages
+              for i, block in enumerate(getattr(model, stage))]
+    bottleneck = hasattr(blocks[0][1], 'conv3')
+    if position == 'residual_end':
+        return [f'{p}.{b.norm3_name if bottleneck else b.norm2_name}' for p, b in blocks]
+    if position == 'before_mid_norm':
+        return [f'{p}.conv2' for p, _ in blocks]
+    if position == 'replaces_mid_conv':
+        return [f'{p}.{b.norm2_name}' for p, b in blocks] if bottleneck else None
+    return _stage_ends(stages, position)
+
+
+@register_preset('SwinTransformer')
+def swin_places(model: nn.Module, position: str) -> Optional[List[str]]:
+    """Swin Transformer (mmpretrain, mmdet, mmseg): tokens with the blocks' hw_shape."""
+    last_blocks = [f'stages.{i}.blocks.{len(stage.blocks) - 1}'
+                   for i, stage in enumerate(model.stages)]
+    if position == 'residual_end':
+        # the FFN's residual branch, before its add (mmcv FFN: layers -> dropout -> + x)
+        return [f'stages.{i}.blocks.{j}.ffn.layers'
+                for i, stage in enumerate(model.stages) for j in range(len(stage.blocks))]
+    return _stage_ends(last_blocks, position)
+
+
+@register_preset('ConvNeXt')
+def convnext_places(model: nn.Module, position: str) -> Optional[List[str]]:
+    """ConvNeXt (mmpretrain): the residual branch ends with pointwise_conv2 (channels-last)."""
+    blocks = [f'stages.{i}.{j}' for i, stage in enumerate(model.stages)
+              for j in range(len(stage))]
+    if position == 'residual_end':
+        return [f'{p}.pointwise_conv2' for p in blocks]
+    if position == 'before_mid_norm':
+        return [f'{p}.depthwise_conv' for p in blocks]
+    return _stage_ends([f'stages.{i}' for i in range(len(model.stages))], position)
+
+
+@register_preset('MobileNetV2')
+def mobilenet_v2_places(model: nn.Module, position: str) -> Optional[List[str]]:
+    """MobileNetV2 (mmpretrain, mmdet): attention after the depthwise conv (as in CA, SE-V3)."""
+    # model.layers also names the final 1x1 ConvModule ('conv2'): stages are the Sequentials
+    stages = [name for name in model.layers if isinstance(getattr(model, name), nn.Sequential)]
+    depthwise = []
+    for stage in stages:
+        for i, block in enumerate(getattr(model, stage)):
+            k = next(k for k, m in enumerate(block.conv) if m.conv.groups > 1)
+            depthwise.append(f'{stage}.{i}.conv.{k}')
+    if position == 'residual_end':
+        return depthwise
+    if position == 'before_mid_norm':
+        return [f'{p}.conv' for p in depthwise]
+    return _stage_ends(stages, position)
+
+
+@register_preset('FPN')
+def fpn_places(model: nn.Module, position: str) -> List[str]:
+    """FPN (mmdet, mmseg): every output level, whatever the module's paper position."""
+    return [f'fpn_convs.{i}' for i in range(len(model.fpn_convs))]

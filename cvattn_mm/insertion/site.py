@@ -1,0 +1,91 @@
+"""Where inserted attention lives: one :class:`AttentionSite` per host module."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+LAYOUTS = {
+    'nchw': '(N, C, H, W) feature map',
+    'nhwc': '(N, H, W, C) channels-last map (e.g. the Linear layers of ConvNeXt blocks)',
+    'tokens': "(N, H*W, C) tokens with the block's hw_shape (Swin, PVT, ...)",
+}
+
+
+class IdentityBlend(nn.Module):
+    """``x + gain * (attention(x) - x)`` with a learnable scalar ``gain`` starting at 0.
+
+    At initialisation the output is exactly ``x``, so a pretrained host computes what it
+    computed without attention; the gain learns how much attention to mix in.
+    """
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        self.attention = attention
+        self.gain = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gain * (self.attention(x) - x)
+
+
+class AttentionSite(nn.Module):
+    """The attention modules applied, in order, to the output of one host module.
+
+    The site converts the host's layout to NCHW and back; for token layouts the (H, W) of
+    the current call is recorded by a pre-hook on the enclosing block (``hw_shape``).
+
+    Args:
+        path (str): Path of the host module in the model (``'layer1.0.bn3'``).
+        layout (str): A key of :data:`LAYOUTS`.
+        channels (int): Channels of the host's output.
+    """
+
+    def __init__(self, path: str, layout: str, channels: int):
+        super().__init__()
+        self.path = path
+        self.layout = layout
+        self.channels = channels
+        self.attentions = nn.ModuleDict()
+        self.hw_shape: Optional[Tuple[int, int]] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == 'nchw':
+            return self._attend(x)
+        if self.layout == 'nhwc':
+            return self._attend(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        n, length, c = x.shape
+        h, w = self.hw_shape
+        if h * w != length:
+            raise ValueError(f'AttentionSite {self.path}: {length} tokens do not match the '
+                             f'recorded hw_shape {self.hw_shape}')
+        y = self._attend(x.transpose(1, 2).reshape(n, c, h, w))
+        return y.flatten(2).transpose(1, 2)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        for attention in self.attentions.values():
+            x = attention(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f'path={self.path!r}, layout={self.layout!r}, channels={self.channels}'
+
+
+class ApplySite:
+    """Forward hook of a host module: passes its output through the site."""
+
+    def __init__(self, site: AttentionSite):
+        self.site = site
+
+    def __call__(self, module, args, output):
+        return self.site(output)
+
+
+class RecordHWShape:
+    """Forward pre-hook of a token block: records the ``hw_shape`` argument of the call."""
+
+    def __init__(self, site: AttentionSite, position: int):
+        self.site = site
+        self.position = position
+
+    def __call__(self, module, args, kwargs):
+        hw_shape = kwargs['hw_shape'] if 'hw_shape' in kwargs else args[self.position]
+        self.site.hw_shape = (int(hw_shape[0]), int(hw_shape[1]))
