@@ -1,0 +1,7 @@
+"""Channel attention: gates computed from a global descriptor of each channel."""
+from .eca import ECA
+from .gc import GC
+from .se import SE
+from .simplified_non_local import SimplifiedNonLocal
+
+__all__ = ['ECA', 'GC', 'SimplifiedNonLocal', 'SE']
