@@ -1,0 +1,108 @@
+"""Convolutional Block Attention Module."""
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_activation_layer, build_norm_layer
+
+from ...registry import register_model
+from ..base import AttentionModule
+from ..checks import check_choice, check_odd, reduced_channels
+from .bam import norm_any_batch
+
+
+@register_model()
+class CBAM(AttentionModule):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018, arXiv:1807.06521).
+
+    Channel gate, then spatial gate, no residual:
+    ``x' = x * sigmoid(MLP(GAP(x)) + MLP(GMP(x)))`` with one shared ``MLP = W2 act(W1 .)``
+    (biased 1x1 convs C -> C/r -> C), then
+    ``y = x' * sigmoid(BN(conv_kxk([max_c(x'); mean_c(x')])))`` (2 -> 1 channels, no bias,
+    padding (k - 1) / 2, so H x W is kept).
+    Parameters, h = C/r: ``2 * C * h + h + C`` (channel) plus ``2 * k * k + 2`` (spatial,
+    with BN as the norm).
+
+    Deviations: none in the computation. As in the official code, the pooled maps are
+    concatenated max first (the paper writes [avg; max]; the order only matters to load
+    official weights) and the weight of the spatial gate's norm starts at zero (the official
+    ResNet's initialisation: the spatial gate is 0.5 everywhere at step 0); the official BN
+    momentum is 0.01, here ``norm_cfg``'s (pass ``momentum=0.01`` to match). In training, a
+    batch norm that sees one value per channel (batch 1 of a 1x1 map) uses its running
+    statistics instead of raising.
+
+    Args:
+        in_channels (int): Channels C.
+        reduction (int): Bottleneck divisor r; the hidden width is ``max(C // r, min_channels)``.
+        kernel_size (int): Odd kernel size k of the spatial gate's conv.
+        use_channel (bool): Apply the channel gate.
+        use_spatial (bool): Apply the spatial gate (``False`` is the paper's channel-only
+            ablation).
+        min_channels (int): Floor of the hidden width.
+        norm_cfg (dict): Norm of the spatial gate.
+        act_cfg (dict): Activation inside the channel MLP.
+        init_cfg (dict, optional): mmengine initialisation config.
+
+    Shape:
+        x: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    family = 'channel_spatial'
+    paper = ('Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018, '
+             'arXiv:1807.06521')
+    paper_position = 'residual_end'
+    _abbr_ = 'cbam'
+
+    def __init__(self,
+                 in_channels: int,
+                 reduction: int = 16,
+                 kernel_size: int = 7,
+                 use_channel: bool = True,
+                 use_spatial: bool = True,
+                 min_channels: int = 1,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 init_cfg=None):
+        super().__init__(in_channels, init_cfg=init_cfg)
+        self.use_channel = check_choice('CBAM', 'use_channel', use_channel, (True, False))
+        self.use_spatial = check_choice('CBAM', 'use_spatial', use_spatial, (True, False))
+        if not (use_channel or use_spatial):
+            raise ValueError('CBAM: use_channel and use_spatial are both False; '
+                             'at least one gate must be used')
+        self.reduction = reduction
+        self.kernel_size = check_odd('CBAM', 'kernel_size', kernel_size)
+        if use_channel:
+            hidden = reduced_channels('CBAM', in_channels, reduction, min_channels)
+            self.fc1 = nn.Conv2d(in_channels, hidden, 1)
+            self.act = build_activation_layer(act_cfg)
+            self.fc2 = nn.Conv2d(hidden, in_channels, 1)
+        if use_spatial:
+            self.spatial_conv = nn.Conv2d(
+                2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+            self.spatial_norm = build_norm_layer(norm_cfg, 1)[1]
+        self._init_spatial_norm()
+
+    def _init_spatial_norm(self) -> None:
+        norm = getattr(self, 'spatial_norm', None)
+        if norm is not None and getattr(norm, 'weight', None) is not None:
+            nn.init.zeros_(norm.weight)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        self._init_spatial_norm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        if self.use_channel:
+            # Both pooled vectors side by side as a 1 x 2 map: one pass of the shared MLP.
+            pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], 3)
+            gate = self.fc2(self.act(self.fc1(pooled))).sum(3, keepdim=True)
+            x = x * torch.sigmoid(gate)
+        if self.use_spatial:
+            pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
+            gate = norm_any_batch(self.spatial_norm, self.spatial_conv(pooled))
+            x = x * torch.sigmoid(gate)
+        return x
+
+    def extra_repr(self) -> str:
+        return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
+                f'kernel_size={self.kernel_size}, use_channel={self.use_channel}, '
+                f'use_spatial={self.use_spatial}')

@@ -1,0 +1,173 @@
+"""BAM: every spatial size kept, both fusions, parameters, arguments, batch 1 in training."""
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cvattn_mm.attention.channel_spatial.bam import BAM
+
+from . import contract
+
+RESNET50_PARAMS = 25_557_032  # torchvision / mmpretrain ResNet-50
+#: Output channels of ResNet-50's stages 1-3: BAM sits after each (not after the last).
+RESNET50_STAGES = [256, 512, 1024]
+
+
+def bam_params(channels, reduction=16, num_dilated=2):
+    h = channels // reduction
+    channel = 2 * channels * h + channels + 2 * h
+    spatial = channels * h + 2 * h + num_dilated * (9 * h * h + 2 * h) + h + 1
+    return channel + spatial
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(fusion='mul'),
+    dict(num_dilated=0),
+    dict(dilation=1, num_dilated=3, reduction=4),
+    dict(reduction=32, min_channels=2),
+    dict(norm_cfg=dict(type='GN', num_groups=1), act_cfg=dict(type='GELU')),
+], ids=str)
+def test_contract_variants(kwargs):
+    contract.run_contract(functools.partial(BAM, 32, **kwargs))
+
+
+def test_every_spatial_size_is_kept():
+    """The dilated 3x3 convs pad by their dilation: no size from 1 to 57 shrinks.
+
+    Convs act on H and W independently, so the squares 1x1..57x57 plus the non-square
+    H x (58 - H) cover every height and every width from 1 to 57, alone and mixed.
+    """
+    module = BAM(16, reduction=8).eval()
+    seen = []
+    module.spatial_out.register_forward_hook(lambda m, i, o: seen.append(o.shape[2:]))
+    sizes = [(h, h) for h in range(1, 58)] + [(h, 58 - h) for h in range(1, 58)]
+    with torch.no_grad():
+        for h, w in sizes:
+            y = module(torch.randn(1, 16, h, w))
+            assert y.shape == (1, 16, h, w)
+            assert seen[-1] == (h, w), f'spatial map {tuple(seen[-1])} for {h}x{w}'
+    assert len(seen) == len(sizes) == 114
+
+
+def bn_eval(x, norm):
+    return ((x - norm.running_mean[None, :, None, None])
+            / torch.sqrt(norm.running_var[None, :, None, None] + norm.eps)
+            * norm.weight[None, :, None, None] + norm.bias[None, :, None, None])
+
+
+def direct_bam(module, x, fusion):
+    """BAM written out with matrix products and functional convs, in eval mode."""
+    pooled = x.mean((2, 3))  # (N, C)
+    hid = pooled @ module.channel_fc1.weight.flatten(1).T
+    hid = torch.relu(bn_eval(hid[:, :, None, None], module.channel_norm)).flatten(1)
+    mc = hid @ module.channel_fc2.weight.flatten(1).T + module.channel_fc2.bias
+    s = torch.einsum('nchw,kc->nkhw', x, module.spatial_convs[0].weight.flatten(1))
+    s = torch.relu(bn_eval(s, module.spatial_norms[0]))
+    d = module.dilation
+    for conv, norm in zip(module.spatial_convs[1:], module.spatial_norms[1:], strict=True):
+        s = torch.relu(bn_eval(F.conv2d(F.pad(s, [d] * 4), conv.weight, dilation=d), norm))
+    ms = torch.einsum('nchw,kc->nkhw', s, module.spatial_out.weight.flatten(1))
+    ms = ms + module.spatial_out.bias[None, :, None, None]
+    mc = mc[:, :, None, None]
+    att = mc + ms if fusion == 'add' else mc * ms
+    return x * (1 + torch.sigmoid(att))
+
+
+@pytest.mark.parametrize('fusion', ['add', 'mul'])
+@pytest.mark.parametrize('size', [(9, 9), (6, 11), (1, 1)])
+def test_equation_against_direct_computation(fusion, size):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(BAM(32, reduction=4, fusion=fusion), 0.3).eval()
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 32, *size)
+    with torch.no_grad():
+        y = module(x)
+        torch.testing.assert_close(y, direct_bam(module, x, fusion), rtol=1e-5, atol=1e-5)
+        # out = x * (1 + M) with M in (0, 1): a residual amplification by a factor in (1, 2).
+        ratio = y / x
+        assert ((ratio > 1) & (ratio < 2)).all()
+
+
+def test_fusions_differ():
+    torch.manual_seed(0)
+    add = contract.perturb_parameters(BAM(32, reduction=4), 0.3).eval()
+    mul = BAM(32, reduction=4, fusion='mul').eval()
+    mul.load_state_dict(add.state_dict())
+    x = torch.randn(2, 32, 5, 5)
+    with torch.no_grad():
+        assert not torch.allclose(add(x), mul(x))
+
+
+def test_layer_structure():
+    module = BAM(64, reduction=16, dilation=3, num_dilated=2)
+    assert [c.dilation for c in module.spatial_convs] == [(1, 1), (3, 3), (3, 3)]
+    assert [c.padding for c in module.spatial_convs] == [(0, 0), (3, 3), (3, 3)]
+    assert [c.kernel_size for c in module.spatial_convs] == [(1, 1), (3, 3), (3, 3)]
+    assert module.spatial_out.weight.shape == (1, 4, 1, 1)
+    assert module.channel_fc1.weight.shape == (4, 64, 1, 1)
+    assert module.channel_fc2.weight.shape == (64, 4, 1, 1)
+    # A bias directly before a batch norm is cancelled by it: none are created.
+    assert module.channel_fc1.bias is None
+    assert all(c.bias is None for c in module.spatial_convs)
+
+
+def test_batch_one_in_training_uses_running_stats():
+    """Batch 1: the channel branch's norm sees one value per channel; on a 1x1 map every
+    norm does. Those norms use their running statistics and leave them unchanged."""
+    module = contract.perturb_parameters(BAM(32, reduction=4))
+    norms = [module.channel_norm, *module.spatial_norms]
+    for norm in norms:
+        norm.running_mean.uniform_(-0.5, 0.5)
+    before = [b.clone() for norm in norms for b in norm.buffers()]
+    spatial_mean = module.spatial_norms[0].running_mean.clone()
+    x = torch.randn(1, 32, 1, 1)
+    y = module.train()(x)
+    after = [b for norm in norms for b in norm.buffers()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    y.sum().backward()
+    assert module.channel_fc1.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(y, module.eval()(x))
+    # On a larger map the spatial norms use batch statistics as usual (and update them).
+    module.train()(torch.randn(1, 32, 5, 5))
+    assert not torch.equal(module.spatial_norms[0].running_mean, spatial_mean)
+
+
+@pytest.mark.parametrize('channels', [256, 2048])
+def test_parameter_count(channels):
+    module = BAM(channels)
+    params = sum(p.numel() for p in module.parameters())
+    print(f'BAM C={channels}: {params} params')
+    assert params == bam_params(channels)
+    assert sum(p.numel() for p in BAM(channels, num_dilated=0).parameters()) == bam_params(
+        channels, num_dilated=0)
+
+
+def test_parameter_count_resnet50_matches_paper():
+    """The paper's Table: ResNet-50 + BAM has 25.92M parameters; the official code's
+    redundant biases before the norms are (2 + 2) * C/16 per module (448 in total)."""
+    added = sum(sum(p.numel() for p in BAM(c).parameters()) for c in RESNET50_STAGES)
+    assert added == sum(bam_params(c) for c in RESNET50_STAGES)
+    official = added + sum(4 * c // 16 for c in RESNET50_STAGES)
+    assert official - added == 448
+    assert round((RESNET50_PARAMS + official) / 1e6, 2) == 25.92
+    assert abs(RESNET50_PARAMS + added - 25.92e6) < 0.01e6
+
+
+@pytest.mark.parametrize('kwargs, argument', [
+    (dict(in_channels=0), 'in_channels'),
+    (dict(in_channels=16, reduction=0), 'reduction'),
+    (dict(in_channels=16, reduction=17), 'reduction'),
+    (dict(in_channels=16, min_channels=0), 'min_channels'),
+    (dict(in_channels=16, dilation=0), 'dilation'),
+    (dict(in_channels=16, dilation=1.5), 'dilation'),
+    (dict(in_channels=16, num_dilated=-1), 'num_dilated'),
+    (dict(in_channels=16, fusion='concat'), 'fusion'),
+])
+def test_invalid_arguments(kwargs, argument):
+    with pytest.raises(ValueError, match=rf'BAM.*{argument}'):
+        BAM(**kwargs)
