@@ -1,0 +1,191 @@
+"""NonLocalBlock: each pairwise function against its formula, identity at init, params."""
+import copy
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cvattn_mm.attention.spatial.non_local import MODES, NonLocalBlock
+
+from . import contract
+
+VARIANTS = [
+    dict(mode='dot_product'),
+    dict(mode='gaussian'),
+    dict(mode='concatenation'),
+    dict(sub_sample=True),
+    dict(mode='dot_product', sub_sample=True),
+    dict(mode='gaussian', sub_sample=True),
+    dict(mode='concatenation', sub_sample=True),
+    dict(reduction=4, norm_cfg=None),
+    dict(norm_cfg=dict(type='GN', num_groups=4)),
+]
+
+
+@pytest.mark.parametrize('kwargs', VARIANTS, ids=str)
+def test_contract_variants(kwargs):
+    torch.manual_seed(0)
+    contract.run_contract(functools.partial(NonLocalBlock, 16, **kwargs))
+
+
+def max_pool_ceil(t):
+    """2x2 max pooling that keeps a last odd row/column (pads with -inf)."""
+    n, c, h, w = t.shape
+    t = F.pad(t, (0, w % 2, 0, h % 2), value=-math.inf)
+    return t.view(n, c, (h + 1) // 2, 2, (w + 1) // 2, 2).amax((3, 5))
+
+
+def reference(module, x):
+    """Direct formula of the non-local block, in float64, from the module's parameters."""
+    m = copy.deepcopy(module).double()
+    x = x.double()
+    n, c, h, w = x.shape
+    d = m.inter_channels
+    wt, bias = m.theta_phi_g.weight[:, :, 0, 0], m.theta_phi_g.bias
+    emb = torch.einsum('oc,nchw->nohw', wt, x) + bias[None, :, None, None]
+    if m.mode == 'gaussian':
+        theta, phi, g = x, x, emb
+    else:
+        theta, phi, g = emb[:, :d], emb[:, d:2 * d], emb[:, 2 * d:]
+    if m.sub_sample:
+        phi, g = max_pool_ceil(phi), max_pool_ceil(g)
+    theta, phi, g = theta.flatten(2), phi.flatten(2), g.flatten(2)
+    num_keys = phi.shape[-1]
+    if m.mode in ('embedded_gaussian', 'gaussian'):
+        f = torch.einsum('nci,ncj->nij', theta, phi).exp()
+        f = f / f.sum(-1, keepdim=True)
+    elif m.mode == 'dot_product':
+        f = torch.einsum('nci,ncj->nij', theta, phi) / num_keys
+    else:
+        wf = m.concat_project.weight[0, :, 0, 0]
+        pair = torch.cat([theta[:, :, :, None].expand(-1, -1, -1, num_keys),
+                          phi[:, :, None, :].expand(-1, -1, h * w, -1)], dim=1)
+        f = torch.einsum('c,ncij->nij', wf, pair).clamp(min=0) / num_keys
+    y = torch.einsum('nij,ncj->nci', f, g).reshape(n, d, h, w)
+    z = torch.einsum('oc,nchw->nohw', m.conv_out.weight[:, :, 0, 0], y)
+    if m.conv_out.bias is not None:
+        z = z + m.conv_out.bias[None, :, None, None]
+    if m.norm is not None:  # BN in eval mode
+        bn = m.norm
+        z = (z - bn.running_mean[None, :, None, None]) / torch.sqrt(
+            bn.running_var[None, :, None, None] + bn.eps)
+        z = z * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    return x + z
+
+
+@pytest.mark.parametrize('sub_sample', [False, True])
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('size', [(5, 7), (6, 4)])
+def test_each_mode_matches_formula(mode, sub_sample, size):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(NonLocalBlock(8, mode=mode, sub_sample=sub_sample),
+                                         scale=0.3).eval()
+    x = torch.randn(2, 8, *size) * 0.5
+    with torch.no_grad():
+        y = module(x)
+        ref = reference(module, x)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_dot_product_orders_agree():
+    """Both association orders (chosen by size) give the same result."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(NonLocalBlock(8, mode='dot_product')).eval()
+    for size in [(2, 2), (12, 12)]:  # d = 4: small maps use L x L, large ones d x d
+        x = torch.randn(2, 8, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x).double(), reference(module, x),
+                                       rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('norm_cfg', [dict(type='BN'), None])
+@pytest.mark.parametrize('mode', MODES)
+def test_identity_at_init(mode, norm_cfg):
+    module = NonLocalBlock(16, mode=mode, norm_cfg=norm_cfg)
+    module.init_weights()
+    x = torch.randn(2, 16, 7, 5)
+    assert torch.equal(module(x), x)
+
+
+def test_identity_survives_init_cfg():
+    cfg = [dict(type='Constant', val=0.5, layer=['Conv2d', '_BatchNorm'])]
+    module = NonLocalBlock(16, init_cfg=cfg)
+    module.init_weights()
+    assert module.theta_phi_g.weight.eq(0.5).all()
+    assert module.norm.weight.eq(0).all() and module.norm.bias.eq(0).all()
+    x = torch.randn(2, 16, 6, 6)
+    assert torch.equal(module(x), x)
+
+
+def expected_params(c, mode, reduction=2, norm=True):
+    d = c // reduction
+    n = (c * d + d) * (1 if mode == 'gaussian' else 3) + d * c
+    n += 2 * c if norm else c
+    return n + (2 * d if mode == 'concatenation' else 0)
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('channels', [64, 256])
+def test_param_count(mode, channels):
+    for norm_cfg in (dict(type='BN'), None):
+        module = NonLocalBlock(channels, mode=mode, norm_cfg=norm_cfg)
+        count = sum(p.numel() for p in module.parameters())
+        assert count == expected_params(channels, mode, norm=norm_cfg is not None)
+
+
+def test_reduction_and_floor():
+    assert NonLocalBlock(64, reduction=4).inter_channels == 16
+    assert NonLocalBlock(4, reduction=4, min_channels=2).inter_channels == 2
+
+
+@pytest.mark.parametrize('kwargs, arg', [
+    (dict(mode='softmax'), 'mode'),
+    (dict(reduction=0), 'reduction'),
+    (dict(reduction=32), 'reduction'),
+    (dict(reduction=1.5), 'reduction'),
+    (dict(min_channels=0), 'min_channels'),
+    (dict(in_channels=0), 'in_channels'),
+])
+def test_invalid_arguments(kwargs, arg):
+    kwargs = dict(dict(in_channels=16), **kwargs)
+    with pytest.raises(ValueError, match=f'NonLocalBlock.*{arg}'):
+        NonLocalBlock(**kwargs)
+
+
+def test_sub_sample_on_one_by_one_and_odd_maps():
+    module = contract.perturb_parameters(NonLocalBlock(8, sub_sample=True)).eval()
+    for size in [(1, 1), (1, 5), (3, 3)]:
+        x = torch.randn(1, 8, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x).double(), reference(module, x),
+                                       rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(mode='dot_product'),
+    dict(mode='gaussian', sub_sample=True),
+    dict(mode='concatenation'),
+    dict(sub_sample=True, norm_cfg=None),
+], ids=str)
+def test_compile_and_onnx_variants(kwargs, tmp_path):
+    factory = functools.partial(NonLocalBlock, 16, **kwargs)
+    contract.check_torch_compile(factory)
+    contract.check_onnx(factory, tmp_path)
+
+
+def test_checkpoint_is_not_overwritten_by_zero_init(tmp_path):
+    trained = contract.perturb_parameters(NonLocalBlock(16))
+    path = str(tmp_path / 'nl.pth')
+    torch.save(trained.state_dict(), path)
+    module = NonLocalBlock(16, init_cfg=dict(type='Pretrained', checkpoint=path))
+    module.init_weights()
+    assert torch.equal(module.norm.weight, trained.norm.weight)
+    assert module.norm.weight.abs().min() > 0
+    # A second init_weights call (mmengine skips it) does not zero a trained block either.
+    module = NonLocalBlock(16)
+    module.init_weights()
+    contract.perturb_parameters(module)
+    module.init_weights()
+    assert module.norm.weight.abs().min() > 0
