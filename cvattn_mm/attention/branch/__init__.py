@@ -1,0 +1,4 @@
+"""Branch attention: a soft selection among parallel branches."""
+from .sk import SK
+
+__all__ = ['SK']

@@ -1,0 +1,113 @@
+"""Selective Kernel unit (SK)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer, build_norm_layer
+
+from ...registry import register_model
+from ..base import AttentionModule
+from ..checks import check_divisible, check_int, reduced_channels
+
+
+@register_model()
+class SK(AttentionModule):
+    """Selective Kernel unit (Li et al., CVPR 2019, arXiv:1903.06586).
+
+    M branches ``F_i = ReLU(BN(conv_i(x)))``, ``conv_i`` a 3x3 conv with G groups, dilation i
+    and padding i (i = 1..M; dilation 2 stands in for the paper's 5x5 kernel);
+    ``s = GAP(sum_i F_i)``; ``z = ReLU(BN(W_z s))``, ``W_z: C -> d``, ``d = max(C // r, L)``;
+    ``a = softmax over i of (W_i z)`` per channel (``W_i: d -> C``, one batched 1x1 conv
+    ``d -> M C``); ``y = sum_i a_i * F_i``.
+    Parameters: ``M (9 C^2 / G + 2C) + C d + 2d + M C d`` (bias-free convs, affine BNs).
+
+    Deviations:
+
+    * plug-in form: in == out channels and stride 1 (the output keeps the input's shape);
+      ``stride`` other than 1 is rejected.
+    * training on a batch of one sample: batch statistics of the per-sample vector z are
+      undefined (``nn.BatchNorm2d`` raises); its BN then uses its running statistics (without
+      updating them) instead of failing. SyncBN and other norms are used unchanged.
+    * the M branch convs are a Python loop: their dilations differ, and no single conv
+      computes them without extra work (a zero-padded 5x5 kernel costs 25/9 of the MACs).
+      The selection is batched (one 1x1 conv ``d -> M C``, one softmax over the branch axis);
+      the pooling and the weighted sum accumulate over the M branch outputs (``addcmul``):
+      stacking them for one batched product would copy M full maps and keep the copy for
+      backward (+40% saved activations at M = 2).
+
+    Args:
+        in_channels (int): Channels C (input and output); divisible by ``groups``.
+        num_branches (int): Branches M (>= 2), with dilations 1..M.
+        groups (int): Groups G of the branch convs.
+        reduction (int): Divisor r of the fuse width; ``d = max(C // r, min_channels)``.
+        min_channels (int): Floor L of the fuse width.
+        stride (int): Must be 1 (plug-in form).
+        norm_cfg (dict): Norm after each branch conv and after ``W_z``.
+        act_cfg (dict): Activation after each branch norm and after the ``W_z`` norm.
+        init_cfg (dict, optional): mmengine initialisation config.
+
+    Shape:
+        x: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    family = 'branch'
+    paper = 'Li et al., Selective Kernel Networks, CVPR 2019, arXiv:1903.06586'
+    paper_position = 'replaces_mid_conv'
+    _abbr_ = 'sk'
+
+    def __init__(self,
+                 in_channels: int,
+                 num_branches: int = 2,
+                 groups: int = 32,
+                 reduction: int = 16,
+                 min_channels: int = 32,
+                 stride: int = 1,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU', inplace=True),
+                 init_cfg=None):
+        super().__init__(in_channels, init_cfg=init_cfg)
+        name = 'SK'
+        self.num_branches = check_int(name, 'num_branches', num_branches, 2)
+        self.groups = check_int(name, 'groups', groups, 1)
+        check_divisible(name, 'in_channels', in_channels, groups, 'groups')
+        if stride != 1:
+            raise ValueError(f'{name}: stride must be 1, got {stride!r}: as a plug-in, SK keeps '
+                             'the input shape (in == out channels, same H and W)')
+        self.hidden = reduced_channels(name, in_channels, reduction, min_channels)
+        self.reduction = reduction
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation,
+                          groups=groups, bias=False),
+                build_norm_layer(norm_cfg, in_channels)[1],
+                build_activation_layer(act_cfg))
+            for dilation in range(1, num_branches + 1))
+        self.fc_reduce = nn.Conv2d(in_channels, self.hidden, 1, bias=False)
+        self.fc_norm = build_norm_layer(norm_cfg, self.hidden)[1]
+        self.fc_act = build_activation_layer(act_cfg)
+        self.fc_select = nn.Conv2d(self.hidden, num_branches * in_channels, 1, bias=False)
+
+    def _norm_z(self, z: torch.Tensor) -> torch.Tensor:
+        norm = self.fc_norm
+        if (self.training and z.shape[0] == 1 and isinstance(norm, nn.BatchNorm2d)
+                and norm.track_running_stats):
+            return F.batch_norm(z, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                False, 0., norm.eps)
+        return norm(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        n, c = x.shape[:2]
+        feats = [branch(x) for branch in self.branches]  # M x (N, C, H, W)
+        s = feats[0].mean((2, 3), keepdim=True)
+        for f in feats[1:]:  # GAP(U) = sum of the branch GAPs; U is never materialised
+            s = s + f.mean((2, 3), keepdim=True)
+        z = self.fc_act(self._norm_z(self.fc_reduce(s)))
+        a = self.fc_select(z).reshape(n, self.num_branches, c, 1, 1).softmax(1)
+        out = feats[0] * a[:, 0]
+        for i in range(1, self.num_branches):
+            out = torch.addcmul(out, feats[i], a[:, i])
+        return out
+
+    def extra_repr(self) -> str:
+        return (f'in_channels={self.in_channels}, num_branches={self.num_branches}, '
+                f'groups={self.groups}, hidden={self.hidden}')

@@ -1,0 +1,10 @@
+"""Channel and spatial attention: gates over both channels and positions."""
+from .bam import BAM
+from .cbam import CBAM
+from .coord_attention import CoordAttention
+from .scsa import SCSA
+from .scse import SCSE
+from .simam import SimAM
+from .triplet_attention import TripletAttention
+
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'SCSA', 'SCSE', 'SimAM', 'TripletAttention']
