@@ -19,10 +19,17 @@ FAMILIES = {
 PAPER_POSITIONS = {
     'residual_end': 'on the residual branch, after its last norm, before the addition',
     'before_mid_norm': "after the residual branch's (last) 3x3 conv, before its norm",
+    'after_mid_conv': "after the residual branch's 3x3 conv, its norm and activation",
     'replaces_mid_conv': "in place of the residual branch's 3x3 conv",
     'between_stages': 'at the end of every stage but the last',
     'late_stages': 'in the last stages (on the coarsest feature maps)',
 }
+
+
+def loads_checkpoint(init_cfg) -> bool:
+    """Whether ``init_cfg`` loads a checkpoint ('Pretrained')."""
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    return any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' for cfg in cfgs)
 
 
 class AttentionModule(BaseModule):
@@ -51,6 +58,24 @@ class AttentionModule(BaseModule):
         if in_channels is not None:
             in_channels = check_int(type(self).__name__, 'in_channels', in_channels, 1)
         self.in_channels = in_channels
+
+    def init_weights(self) -> None:
+        """mmengine's initialisation (``init_cfg``, then the children), then, on the first
+        call and unless ``init_cfg`` loads a checkpoint, :meth:`init_special`.
+
+        mmengine applies a parent's ``init_cfg`` to the whole subtree, which would overwrite
+        initialisations made only in the constructor.
+        """
+        first = not self._is_init
+        super().init_weights()
+        if first and not loads_checkpoint(self.init_cfg):
+            self.init_special()
+
+    def init_special(self) -> None:
+        """The paper's own initialisation (e.g. a zero-initialised last layer).
+
+        Subclasses that have one override this and also call it at the end of ``__init__``.
+        """
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is an ``(N, in_channels, H, W)`` tensor.

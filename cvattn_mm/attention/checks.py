@@ -4,7 +4,7 @@ Each raises ``ValueError`` naming the module, the argument, the value it got and
 allowed, at construction time, instead of a shape error deep inside ``forward``.
 """
 import math
-from numbers import Integral
+from numbers import Integral, Real
 
 
 def check_int(owner, name, value, minimum=1, maximum=None):
@@ -42,10 +42,9 @@ def check_divisible(owner, name, value, divisor, divisor_name):
 
 def check_positive_float(owner, name, value, allow_zero=False):
     """Return ``value`` as a float if it is finite and positive (or zero if allowed)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f'{owner}: {name} must be a number, got {value!r}') from None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f'{owner}: {name} must be a number, got {value!r}')
+    value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = '>= 0' if allow_zero else '> 0'
         raise ValueError(f'{owner}: {name} must be finite and {bound}, got {value}')
@@ -57,11 +56,12 @@ def reduced_channels(owner, in_channels, reduction, min_channels=1):
 
     This is the one reduction convention of the library: ``reduction`` is an integer divisor
     of the channel count (SE's r), ``min_channels`` a floor for narrow inputs.
-    ``reduction`` may not exceed ``in_channels``.
+    ``reduction`` may exceed ``in_channels`` only when a floor ``min_channels > 1`` is set.
     """
     reduction = check_int(owner, 'reduction', reduction, 1)
     min_channels = check_int(owner, 'min_channels', min_channels, 1)
-    if reduction > in_channels:
+    if reduction > in_channels and min_channels == 1:
         raise ValueError(f'{owner}: reduction={reduction} is larger than '
-                         f'in_channels={in_channels}; use reduction <= {in_channels}')
+                         f'in_channels={in_channels}; use reduction <= {in_channels} or a '
+                         'min_channels floor')
     return max(in_channels // reduction, min_channels)

@@ -21,7 +21,15 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from ..attention.base import AttentionModule
 from ..registry import MODELS, register_model
 from .places import candidate_message, resolve_places
-from .site import LAYOUTS, ApplySite, AttentionSite, IdentityBlend, RecordHWShape
+from .site import (
+    INPUT_SUFFIX,
+    LAYOUTS,
+    ApplySite,
+    ApplySiteToInput,
+    AttentionSite,
+    IdentityBlend,
+    RecordHWShape,
+)
 
 SITES = 'attention_sites'
 INSERTION_KEYS = ('attention', 'at', 'identity_init', 'layout')
@@ -55,11 +63,12 @@ def insert_attention(model: nn.Module,
     sites = _sites_of(model)
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
     new_paths = sorted({p for plan in plans for p in plan['paths'] if site_key(p) not in sites},
-                       key=order.__getitem__)
+                       key=lambda p: (order[p.removesuffix(INPUT_SUFFIX)], p))
     outputs = probe_outputs(model, new_paths, example_inputs)
     for path in new_paths:
+        host = model.get_submodule(path.removesuffix(INPUT_SUFFIX))
         layout = next((pl['layout'] for pl in plans if path in pl['paths'] and pl['layout']),
-                      None) or infer_layout(model.get_submodule(path), outputs[path], path)
+                      None) or infer_layout(host, outputs[path], path)
         shape = outputs[path].shape
         channels = shape[1] if layout == 'nchw' else shape[-1]
         sites[site_key(path)] = AttentionSite(path, layout, channels)
@@ -138,10 +147,11 @@ def attach_site(model: nn.Module, site: AttentionSite) -> None:
     """(Re-)attach the hooks of ``site`` to its host module in ``model``."""
     for handle in site.__dict__.pop('_handles', ()):
         handle.remove()
-    host = model.get_submodule(site.path)
-    handles = [host.register_forward_hook(ApplySite(site))]
+    host = model.get_submodule(site.host_path)
+    handles = [host.register_forward_pre_hook(ApplySiteToInput(site)) if site.on_input
+               else host.register_forward_hook(ApplySite(site))]
     if site.layout == 'tokens':
-        block, position = _hw_shape_owner(model, site.path)
+        block, position = _hw_shape_owner(model, site.host_path)
         handles.append(block.register_forward_pre_hook(RecordHWShape(site, position),
                                                         with_kwargs=True))
     site.__dict__['_handles'] = handles
@@ -166,22 +176,29 @@ class KeepSitesAttached:
 
     def __call__(self, model, args):
         for site in getattr(model, SITES).values():
-            if site.__dict__.get('_host') is not model.get_submodule(site.path):
+            if site.__dict__.get('_host') is not model.get_submodule(site.host_path):
                 attach_site(model, site)
 
 
 def probe_outputs(model: nn.Module, paths: List[str],
                   example_inputs: Optional[Tuple] = None) -> Dict[str, torch.Tensor]:
-    """Outputs of the modules at ``paths`` during one forward pass in eval mode."""
+    """Outputs (inputs, for ``':input'`` paths) of the modules at ``paths`` during one
+    forward pass in eval mode."""
     if not paths:
         return {}
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
     outputs, handles = {}, []
     for path in paths:
-        def record(module, args, output, path=path):
-            outputs[path] = output
-        handles.append(model.get_submodule(path).register_forward_hook(record))
+        host = model.get_submodule(path.removesuffix(INPUT_SUFFIX))
+        if path.endswith(INPUT_SUFFIX):
+            def record_input(module, args, path=path):
+                outputs[path] = args[0] if args else None
+            handles.append(host.register_forward_pre_hook(record_input))
+        else:
+            def record(module, args, output, path=path):
+                outputs[path] = output
+            handles.append(host.register_forward_hook(record))
     training = model.training
     model.eval()
     try:
@@ -196,7 +213,7 @@ def probe_outputs(model: nn.Module, paths: List[str],
             raise ValueError(f'{path} is not called by the forward pass of '
                              f'{type(model).__name__}, so attention there would never run')
         if not isinstance(outputs[path], torch.Tensor):
-            raise ValueError(f'cannot insert attention after {path}: it returns '
+            raise ValueError(f'cannot insert attention at {path}: it gives '
                              f'{type(outputs[path]).__name__}, not a tensor; choose one of its '
                              f'submodules; {candidate_message(model, path + ".")}')
     return outputs

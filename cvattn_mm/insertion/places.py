@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from ..attention.base import PAPER_POSITIONS
 from .presets import PAPER_PRESETS, find_preset
+from .site import INPUT_SUFFIX
 
 
 def candidate_message(model: nn.Module, wanted: str, limit: int = 40) -> str:
@@ -25,7 +26,8 @@ def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
     Args:
         model: The host model.
         at: ``'paper'`` for the module's paper position in this backbone family, or one or
-            several ``fnmatch`` patterns over module paths (``'layer*.*.bn3'``, ``'stages.2'``).
+            several ``fnmatch`` patterns over module paths (``'layer*.*.bn3'``, ``'stages.2'``);
+            a pattern ending in ``':input'`` places the attention on the modules' input.
         attention_cls: The attention class (for its ``paper_position``).
 
     Returns:
@@ -40,14 +42,16 @@ def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
     paths = [p for p, _ in model.named_modules() if p]
     matched = []
     for pattern in patterns:
-        hits = [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
+        suffix = INPUT_SUFFIX if pattern.endswith(INPUT_SUFFIX) else ''
+        base = pattern.removesuffix(INPUT_SUFFIX)
+        hits = [p + suffix for p in paths if fnmatch.fnmatchcase(p, base)]
         if not hits:
             raise ValueError(f"at='{pattern}' matches no module of {type(model).__name__}; "
                              f"use 'paper' or a pattern over module paths; "
                              f'{candidate_message(model, pattern)}')
         matched += hits
     order = {p: i for i, p in enumerate(paths)}
-    return sorted(set(matched), key=order.__getitem__)
+    return sorted(set(matched), key=lambda p: (order[p.removesuffix(INPUT_SUFFIX)], p))
 
 
 def _paper_places(model: nn.Module, attention_cls: type) -> List[str]:

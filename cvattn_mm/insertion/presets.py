@@ -52,6 +52,8 @@ def resnet_places(model: nn.Module, position: str) -> Optional[List[str]]:
         return [f'{p}.{b.norm3_name if bottleneck else b.norm2_name}' for p, b in blocks]
     if position == 'before_mid_norm':
         return [f'{p}.conv2' for p, _ in blocks]
+    if position == 'after_mid_conv':  # the input of the conv after the 3x3 conv's activation
+        return [f'{p}.conv3:input' if bottleneck else f'{p}.conv2:input' for p, _ in blocks]
     if position == 'replaces_mid_conv':
         return [f'{p}.{b.norm2_name}' for p, b in blocks] if bottleneck else None
     return _stage_ends(stages, position)
@@ -91,7 +93,7 @@ def mobilenet_v2_places(model: nn.Module, position: str) -> Optional[List[str]]:
         for i, block in enumerate(getattr(model, stage)):
             k = next(k for k, m in enumerate(block.conv) if m.conv.groups > 1)
             depthwise.append(f'{stage}.{i}.conv.{k}')
-    if position == 'residual_end':
+    if position in ('residual_end', 'after_mid_conv'):
         return depthwise
     if position == 'before_mid_norm':
         return [f'{p}.conv' for p in depthwise]

@@ -4,6 +4,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
+#: Suffix of a place on the input of a module (``'layer1.0.conv3:input'``).
+INPUT_SUFFIX = ':input'
+
 LAYOUTS = {
     'nchw': '(N, C, H, W) feature map',
     'nhwc': '(N, H, W, C) channels-last map (e.g. the Linear layers of ConvNeXt blocks)',
@@ -34,7 +37,8 @@ class AttentionSite(nn.Module):
     the current call is recorded by a pre-hook on the enclosing block (``hw_shape``).
 
     Args:
-        path (str): Path of the host module in the model (``'layer1.0.bn3'``).
+        path (str): Path of the host module in the model (``'layer1.0.bn3'``), with the
+            suffix ``':input'`` for a site on the host's input instead of its output.
         layout (str): A key of :data:`LAYOUTS`.
         channels (int): Channels of the host's output.
     """
@@ -46,6 +50,14 @@ class AttentionSite(nn.Module):
         self.channels = channels
         self.attentions = nn.ModuleDict()
         self.hw_shape: Optional[Tuple[int, int]] = None
+
+    @property
+    def host_path(self) -> str:
+        return self.path.removesuffix(INPUT_SUFFIX)
+
+    @property
+    def on_input(self) -> bool:
+        return self.path.endswith(INPUT_SUFFIX)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == 'nchw':
@@ -77,6 +89,16 @@ class ApplySite:
 
     def __call__(self, module, args, output):
         return self.site(output)
+
+
+class ApplySiteToInput:
+    """Forward pre-hook of a host module: passes its first input through the site."""
+
+    def __init__(self, site: AttentionSite):
+        self.site = site
+
+    def __call__(self, module, args):
+        return (self.site(args[0]), *args[1:])
 
 
 class RecordHWShape:

@@ -142,7 +142,8 @@ BAD_ARGS = [
     (dict(groups=0), 'groups'),
     (dict(num_branches=1), 'num_branches'),
     (dict(stride=2), 'stride'),
-    (dict(reduction=128), 'reduction'),
+    (dict(reduction=128, min_channels=1), 'reduction'),
+    (dict(reduction=0), 'reduction'),
     (dict(min_channels=0), 'min_channels'),
 ]
 

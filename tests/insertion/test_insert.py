@@ -120,6 +120,24 @@ def test_places_per_family():
     assert [s.channels for s in r18.attention_sites.values()][::2] == [64, 128, 256, 512]
 
 
+def test_input_side_places():
+    """SCSA's paper position is after the 3x3 conv's activation: the input of the next conv."""
+    r50 = with_attention(R50, 'mmseg', dict(attention=dict(type='SCSA')))
+    sites = list(r50.attention_sites.values())
+    assert sites[0].path == 'layer1.0.conv3:input' and len(sites) == 16
+    assert [s.channels for s in sites][::4] == [64, 128, 256, 256]
+    r18 = with_attention(R18, 'mmpretrain', dict(attention=dict(type='SCSA')),
+                         dict(attention=dict(type='SE'), at='layer1.0.conv1:input'))
+    assert [s.path for s in r18.attention_sites.values()][:3] == [
+        'layer1.0.conv1:input', 'layer1.0.conv2:input', 'layer1.1.conv2:input']
+    calls = []
+    handle = r18.attention_sites['layer1-0-conv2:input'].register_forward_hook(
+        lambda *a: calls.append(1))
+    assert evaluated(r18)(torch.randn(1, 3, 32, 32))[-1].shape == (1, 512, 1, 1)
+    assert calls == [1]
+    handle.remove()
+
+
 def test_swin_tokens_and_convnext_channels_last():
     swin = with_attention(SWIN_T, 'mmpretrain', dict(attention=dict(type='SE')))
     sites = list(swin.attention_sites.values())

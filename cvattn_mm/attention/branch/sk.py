@@ -1,12 +1,12 @@
 """Selective Kernel unit (SK)."""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_divisible, check_int, reduced_channels
+from ..norm import norm_any_batch
 
 
 @register_model()
@@ -86,14 +86,6 @@ class SK(AttentionModule):
         self.fc_act = build_activation_layer(act_cfg)
         self.fc_select = nn.Conv2d(self.hidden, num_branches * in_channels, 1, bias=False)
 
-    def _norm_z(self, z: torch.Tensor) -> torch.Tensor:
-        norm = self.fc_norm
-        if (self.training and z.shape[0] == 1 and isinstance(norm, nn.BatchNorm2d)
-                and norm.track_running_stats):
-            return F.batch_norm(z, norm.running_mean, norm.running_var, norm.weight, norm.bias,
-                                False, 0., norm.eps)
-        return norm(z)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         n, c = x.shape[:2]
@@ -101,7 +93,7 @@ class SK(AttentionModule):
         s = feats[0].mean((2, 3), keepdim=True)
         for f in feats[1:]:  # GAP(U) = sum of the branch GAPs; U is never materialised
             s = s + f.mean((2, 3), keepdim=True)
-        z = self.fc_act(self._norm_z(self.fc_reduce(s)))
+        z = self.fc_act(norm_any_batch(self.fc_norm, self.fc_reduce(s)))
         a = self.fc_select(z).reshape(n, self.num_branches, c, 1, 1).softmax(1)
         out = feats[0] * a[:, 0]
         for i in range(1, self.num_branches):

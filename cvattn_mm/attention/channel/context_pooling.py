@@ -50,8 +50,3 @@ def pointwise(conv: nn.Conv2d, v: torch.Tensor) -> torch.Tensor:
     """
     return F.linear(v, conv.weight.flatten(1), conv.bias)
 
-
-def loads_checkpoint(init_cfg) -> bool:
-    """Whether ``init_cfg`` loads a checkpoint (then special initialisations must not run)."""
-    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    return any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' for cfg in cfgs)

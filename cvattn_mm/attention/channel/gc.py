@@ -8,7 +8,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, reduced_channels
-from .context_pooling import attention_pool, init_mask_conv, loads_checkpoint, mask_conv, pointwise
+from .context_pooling import attention_pool, init_mask_conv, mask_conv, pointwise
 
 FUSIONS = ('add', 'mul')
 
@@ -89,9 +89,9 @@ class GC(AttentionModule):
                 nn.Conv2d(in_channels, hidden, 1), norm, build_activation_layer(act_cfg),
                 nn.Conv2d(hidden, in_channels, 1))
             setattr(self, f'channel_{fusion}_conv', transform)
-        self._init_official()
+        self.init_special()
 
-    def _init_official(self) -> None:
+    def init_special(self) -> None:
         """Kaiming fan-in ``W_k``; zero last conv of every transform (official GCNet)."""
         if self.conv_mask is not None:
             init_mask_conv(self.conv_mask)
@@ -100,10 +100,6 @@ class GC(AttentionModule):
                 nn.init.zeros_(transform[-1].weight)
                 nn.init.zeros_(transform[-1].bias)
 
-    def init_weights(self) -> None:
-        super().init_weights()
-        if not loads_checkpoint(self.init_cfg):
-            self._init_official()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

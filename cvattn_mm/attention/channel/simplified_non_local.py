@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from ...registry import register_model
 from ..base import AttentionModule
-from .context_pooling import attention_pool, init_mask_conv, loads_checkpoint, mask_conv, pointwise
+from .context_pooling import attention_pool, init_mask_conv, mask_conv, pointwise
 
 
 @register_model()
@@ -40,18 +40,14 @@ class SimplifiedNonLocal(AttentionModule):
         super().__init__(in_channels, init_cfg=init_cfg)
         self.conv_mask = mask_conv(in_channels)
         self.value_conv = nn.Conv2d(in_channels, in_channels, 1)
-        self._init_identity()
+        self.init_special()
 
-    def _init_identity(self) -> None:
+    def init_special(self) -> None:
         """Kaiming fan-in ``W_k`` (as GC); zero ``W_v`` so that the block is the identity."""
         init_mask_conv(self.conv_mask)
         nn.init.zeros_(self.value_conv.weight)
         nn.init.zeros_(self.value_conv.bias)
 
-    def init_weights(self) -> None:
-        super().init_weights()
-        if not loads_checkpoint(self.init_cfg):
-            self._init_identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -6,7 +6,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_odd, reduced_channels
-from .bam import norm_any_batch
+from ..norm import norm_any_batch
 
 
 @register_model()
@@ -78,16 +78,13 @@ class CBAM(AttentionModule):
             self.spatial_conv = nn.Conv2d(
                 2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
             self.spatial_norm = build_norm_layer(norm_cfg, 1)[1]
-        self._init_spatial_norm()
+        self.init_special()
 
-    def _init_spatial_norm(self) -> None:
+    def init_special(self) -> None:
         norm = getattr(self, 'spatial_norm', None)
         if norm is not None and getattr(norm, 'weight', None) is not None:
             nn.init.zeros_(norm.weight)
 
-    def init_weights(self) -> None:
-        super().init_weights()
-        self._init_spatial_norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -71,7 +71,7 @@ class SCSA(AttentionModule):
     family = 'channel_spatial'
     paper = ('Si et al., SCSA: Exploring the Synergistic Effects Between Spatial and Channel '
              'Attention, arXiv 2024, arXiv:2407.05128')
-    paper_position = 'residual_end'
+    paper_position = 'after_mid_conv'
     _abbr_ = 'scsa'
 
     def __init__(self,
@@ -131,7 +131,7 @@ class SCSA(AttentionModule):
         # Rows: the depthwise 1x1 q, k and v projections (weights of (C, 1, 1, 1) convs).
         self.qkv_weight = nn.Parameter(torch.empty(3, in_channels))
         self.qkv_bias = nn.Parameter(torch.empty(3, in_channels)) if qkv_bias else None
-        self._reset_parameters()
+        self.init_special()
 
     def _kernel_index(self, group: int) -> torch.Tensor:
         """(C, k_max) indices into ``[0, *smsa_weight]``: 0 for the zero taps of a padded kernel."""
@@ -145,7 +145,7 @@ class SCSA(AttentionModule):
             offset += group * k
         return index.view(SMSA_GROUPS * group, k_max)
 
-    def _reset_parameters(self) -> None:
+    def init_special(self) -> None:
         """Defaults of the official ``nn.Conv1d``/``nn.Conv2d`` layers: U(-1/sqrt(fan_in), ...)."""
         group = self.in_channels // SMSA_GROUPS
         with torch.no_grad():
@@ -160,12 +160,6 @@ class SCSA(AttentionModule):
             if self.qkv_bias is not None:
                 nn.init.uniform_(self.qkv_bias, -1., 1.)
 
-    def init_weights(self) -> None:
-        first = not self._is_init
-        super().init_weights()
-        pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
-        if first and not pretrained:
-            self._reset_parameters()
 
     def _gate(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return x.softmax(dim) if self.gate_layer == 'softmax' else x.sigmoid()

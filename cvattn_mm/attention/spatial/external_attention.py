@@ -10,12 +10,6 @@ from ..base import AttentionModule
 from ..checks import check_int
 
 
-def _loads_checkpoint(init_cfg) -> bool:
-    """Whether ``init_cfg`` loads a checkpoint (the special initialisation must not run)."""
-    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    return any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' for cfg in cfgs)
-
-
 @register_model()
 class ExternalAttention(AttentionModule):
     """External attention block (Guo et al., TPAMI 2022, arXiv:2105.02358), the official 2-D form.
@@ -77,17 +71,12 @@ class ExternalAttention(AttentionModule):
         if self.norm is not None:
             nn.init.ones_(self.norm.weight)
             nn.init.zeros_(self.norm.bias)
-        self._tie_memories()
+        self.init_special()
 
-    def _tie_memories(self):
+    def init_special(self):
         with torch.no_grad():
             self.memory_value.weight.copy_(self.memory_key.weight.transpose(0, 1))
 
-    def init_weights(self):
-        first = not self._is_init
-        super().init_weights()
-        if first and not _loads_checkpoint(self.init_cfg):
-            self._tie_memories()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

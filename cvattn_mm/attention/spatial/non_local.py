@@ -12,11 +12,6 @@ from ..checks import check_choice, reduced_channels
 MODES = ('embedded_gaussian', 'dot_product', 'gaussian', 'concatenation')
 
 
-def _loads_checkpoint(init_cfg) -> bool:
-    """Whether ``init_cfg`` loads a checkpoint (the special initialisation must not run)."""
-    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    return any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' for cfg in cfgs)
-
 
 @register_model()
 class NonLocalBlock(AttentionModule):
@@ -83,19 +78,14 @@ class NonLocalBlock(AttentionModule):
             self.concat_project = nn.Conv2d(2 * d, 1, 1, bias=False)
         self.conv_out = nn.Conv2d(d, in_channels, 1, bias=norm_cfg is None)
         self.norm = build_norm_layer(norm_cfg, in_channels)[1] if norm_cfg else None
-        self._zero_init_output()
+        self.init_special()
 
-    def _zero_init_output(self):
+    def init_special(self):
         last = self.norm if self.norm is not None else self.conv_out
         nn.init.zeros_(last.weight)
         if last.bias is not None:
             nn.init.zeros_(last.bias)
 
-    def init_weights(self):
-        first = not self._is_init
-        super().init_weights()
-        if first and not _loads_checkpoint(self.init_cfg):
-            self._zero_init_output()
 
     def _pool(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """2x2 max pooling (ceil mode) of (N, L, ch) tokens laid out on an h x w grid."""

@@ -8,12 +8,6 @@ from ..base import AttentionModule
 from ..checks import check_int, reduced_channels
 
 
-def _loads_checkpoint(init_cfg) -> bool:
-    """Whether ``init_cfg`` loads a checkpoint (the special initialisation must not run)."""
-    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    return any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' for cfg in cfgs)
-
-
 @register_model()
 class PooledSelfAttention(AttentionModule):
     """Pooled self-attention, STANet's basic attention module (Chen and Shi, Remote Sensing
@@ -64,14 +58,9 @@ class PooledSelfAttention(AttentionModule):
         self.qkv = nn.Conv2d(in_channels, 2 * self.key_channels + in_channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def _zero_init_gamma(self):
+    def init_special(self):
         nn.init.zeros_(self.gamma)
 
-    def init_weights(self):
-        first = not self._is_init
-        super().init_weights()
-        if first and not _loads_checkpoint(self.init_cfg):
-            self._zero_init_gamma()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

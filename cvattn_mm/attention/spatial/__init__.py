@@ -1,0 +1,9 @@
+"""Spatial attention: reweighting or aggregating positions, incl. self-attention."""
+from .deformable_attention import DeformableAttention2D
+from .external_attention import ExternalAttention
+from .multi_head_external_attention import MultiHeadExternalAttention
+from .non_local import NonLocalBlock
+from .pooled_self_attention import PooledSelfAttention
+
+__all__ = ['DeformableAttention2D', 'ExternalAttention', 'MultiHeadExternalAttention',
+           'NonLocalBlock', 'PooledSelfAttention']
