@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from mmengine.config import DictAction
+
 
 def list_modules(args) -> None:
     from .attention.catalog import list_attention_modules
@@ -14,12 +16,35 @@ def list_modules(args) -> None:
               f'{r["params"]:12,d}  {r["paper"]}')
 
 
+def build_model_of_config(config: str, cfg_options=None):
+    """Build ``config``'s model with the registry of its default scope (no weights loaded)."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    return MODELS.build(cfg.model)
+
+
+def print_insertions(args) -> None:
+    from .insertion.report import format_rows, insertion_rows
+
+    model = build_model_of_config(args.config, args.cfg_options)
+    print(format_rows(insertion_rows(model), sum(p.numel() for p in model.parameters())))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='cvattn-mm', description=__doc__)
     commands = parser.add_subparsers(dest='command', required=True)
     p = commands.add_parser('list', help='list the attention modules and their metadata')
     p.add_argument('--channels', type=int, default=256, help='C for the parameter counts')
     p.set_defaults(run=list_modules)
+    p = commands.add_parser('insertions', help="where a config's attention lands")
+    p.add_argument('config')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='key=value overrides')
+    p.set_defaults(run=print_insertions)
     args = parser.parse_args(argv)
     args.run(args)
     return 0

@@ -1,0 +1,21 @@
+"""Print where the attention of a config lands: module path, channels, layout, parameters.
+
+    python tools/analysis/print_insertions.py CONFIG [--cfg-options k=v ...]
+"""
+import argparse
+
+from mmengine.config import DictAction
+
+from cvattn_mm.cli import print_insertions
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings, key=value')
+    return parser.parse_args()
+
+
+if __name__ == '__main__':
+    print_insertions(parse_args())
