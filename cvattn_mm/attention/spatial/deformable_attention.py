@@ -1,0 +1,216 @@
+"""Deformable attention (DAT)."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer, build_norm_layer
+
+from ...registry import register_model
+from ..base import AttentionModule
+from ..checks import check_divisible, check_int, check_positive_float
+
+
+@register_model()
+class DeformableAttention2D(AttentionModule):
+    """Deformable multi-head attention (Xia et al., CVPR 2022, arXiv:2201.00520).
+
+    ``q = W_q x``. An offset network shared by the ``G`` offset groups (depthwise
+    ``k x k`` conv with stride ``r`` on each group's queries, activation, 1x1 conv to 2,
+    ``s * tanh``) moves a reference grid of ``ceil(H/r) x ceil(W/r)`` points:
+    ``p = p_ref + s * tanh(offset)`` (offsets in units of the grid spacing; the grid holds the
+    cell centres, ``(2i + 1) / H_k - 1`` in ``grid_sample``'s ``align_corners=False``
+    coordinates, ``(x, y)`` order). Each group's channels of ``x`` are sampled bilinearly at its
+    points, ``k = W_k x~``, ``v = W_v x~``, and every head of group g attends from every query
+    to its group's points: ``y = W_o concat_h softmax(q_h k_h^T / sqrt(d) + B_h) v_h`` with the
+    continuous relative position bias ``B = MLP(sign(d) log(1 + |d|))``, ``d = p_q - p`` in
+    normalised coordinates.
+    Parameters (``E = heads * dim_head``, ``Gq``/``Gkv`` = G when grouped else 1, ``D`` =
+    ``cpb_dim``): ``C E / Gq + E`` (q) + ``C E / Gkv`` (k) + ``C E / Gkv + E`` (v) +
+    ``E/G (k^2 + 1) + 2 E/G`` (offsets) + ``3 D + (depth - 1)(D^2 + D) + D heads/G`` (bias MLP)
+    + ``E C + C`` (out), plus the optional offset norm; biases as set by the ``to_*_bias``
+    flags (defaults shown).
+
+    Deviations: the position bias is the log-spaced continuous MLP of DAT++
+    (arXiv:2309.01430) instead of DAT's interpolated bias table. The attention width
+    ``E = heads * dim_head`` is independent of C (DAT uses E = C). The offset network has no
+    norm by default (DAT has a LayerNorm; ``norm_cfg`` adds one). ``W_k`` has no bias by
+    default (a key bias shifts all logits of a query equally; the softmax cancels it). The
+    offset network zero-pads its input so that its windows tile ``ceil(H/r)`` cells (centred
+    on them when ``r`` divides H) and the reference grid spreads the cell centres evenly over
+    the map, so every size down to 1x1 works (DAT assumes ``r`` divides the size). The
+    ``deformable-attention`` package's argument names are kept; its grid normalisation,
+    which mixes up height and width on non-square maps, is not. No residual: this is the
+    attention operator of a DAT block.
+
+    Args:
+        in_channels (int): Channels C; divisible by ``offset_groups``.
+        dim_head (int): Channels per head d.
+        heads (int): Heads; divisible by ``offset_groups``.
+        dropout (float): Dropout on the attention weights (training only).
+        downsample_factor (int): Stride r of the offset network (keys per axis: ceil(H/r)).
+        offset_scale (float, optional): Largest offset s in grid spacings; default r.
+        offset_groups (int, optional): Offset groups G; default ``heads``.
+        offset_kernel_size (int): Kernel k of the depthwise offset conv; >= r.
+        group_queries (bool): ``W_q`` grouped by G (DAT: False).
+        group_key_values (bool): ``W_k``, ``W_v`` grouped by G (DAT: False).
+        to_q_bias, to_k_bias, to_v_bias, to_out_bias (bool): Biases of the projections.
+        cpb_dim (int): Hidden width D of the position-bias MLP.
+        cpb_depth (int): Hidden layers of the position-bias MLP.
+        norm_cfg (dict, optional): Norm after the depthwise offset conv; None for none.
+        act_cfg (dict): Activation of the offset network.
+        init_cfg (dict, optional): mmengine initialisation config.
+
+    Shape:
+        x: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    family = 'spatial'
+    paper = ('Xia et al., Vision Transformer with Deformable Attention, CVPR 2022, '
+             'arXiv:2201.00520')
+    paper_position = 'late_stages'
+    _abbr_ = 'dat'
+
+    def __init__(self,
+                 in_channels: int,
+                 dim_head: int = 64,
+                 heads: int = 8,
+                 dropout: float = 0.,
+                 downsample_factor: int = 4,
+                 offset_scale: Optional[float] = None,
+                 offset_groups: Optional[int] = None,
+                 offset_kernel_size: int = 6,
+                 group_queries: bool = False,
+                 group_key_values: bool = False,
+                 to_q_bias: bool = True,
+                 to_k_bias: bool = False,
+                 to_v_bias: bool = True,
+                 to_out_bias: bool = True,
+                 cpb_dim: int = 32,
+                 cpb_depth: int = 1,
+                 norm_cfg: Optional[dict] = None,
+                 act_cfg: dict = dict(type='GELU'),
+                 init_cfg=None):
+        super().__init__(in_channels, init_cfg=init_cfg)
+        name = 'DeformableAttention2D'
+        self.dim_head = check_int(name, 'dim_head', dim_head, 1)
+        self.heads = check_int(name, 'heads', heads, 1)
+        groups = heads if offset_groups is None else offset_groups
+        self.offset_groups = check_int(name, 'offset_groups', groups, 1)
+        check_divisible(name, 'heads', heads, groups, 'offset_groups')
+        check_divisible(name, 'in_channels', in_channels, groups, 'offset_groups')
+        self.downsample_factor = check_int(name, 'downsample_factor', downsample_factor, 1)
+        self.offset_kernel_size = check_int(name, 'offset_kernel_size', offset_kernel_size,
+                                            downsample_factor)
+        self.offset_scale = check_positive_float(
+            name, 'offset_scale', downsample_factor if offset_scale is None else offset_scale)
+        dropout = check_positive_float(name, 'dropout', dropout, allow_zero=True)
+        if dropout >= 1:
+            raise ValueError(f'{name}: dropout must be < 1, got {dropout}')
+        self.dropout = dropout
+        check_int(name, 'cpb_dim', cpb_dim, 1)
+        check_int(name, 'cpb_depth', cpb_depth, 1)
+
+        inner = heads * dim_head
+        offset_dims = inner // groups
+        self.to_q = nn.Conv2d(in_channels, inner, 1, groups=groups if group_queries else 1,
+                              bias=to_q_bias)
+        kv_groups = groups if group_key_values else 1
+        self.to_k = nn.Conv2d(in_channels, inner, 1, groups=kv_groups, bias=to_k_bias)
+        self.to_v = nn.Conv2d(in_channels, inner, 1, groups=kv_groups, bias=to_v_bias)
+        offset_layers = [
+            nn.Conv2d(offset_dims, offset_dims, offset_kernel_size, stride=downsample_factor,
+                      groups=offset_dims)
+        ]
+        if norm_cfg is not None:
+            offset_layers.append(build_norm_layer(norm_cfg, offset_dims)[1])
+        offset_layers += [build_activation_layer(act_cfg), nn.Conv2d(offset_dims, 2, 1, bias=False)]
+        self.to_offsets = nn.Sequential(*offset_layers)
+        cpb = [nn.Linear(2, cpb_dim), nn.ReLU(inplace=True)]
+        for _ in range(cpb_depth - 1):
+            cpb += [nn.Linear(cpb_dim, cpb_dim), nn.ReLU(inplace=True)]
+        cpb.append(nn.Linear(cpb_dim, heads // groups, bias=False))
+        self.rel_pos_bias = nn.Sequential(*cpb)
+        self.to_out = nn.Conv2d(inner, in_channels, 1, bias=to_out_bias)
+
+    def sampling_locations(self, q: torch.Tensor) -> torch.Tensor:
+        """Key locations ``(N * G, H_k, W_k, 2)``, ``(x, y)`` in ``[-1, 1]`` (align_corners=False).
+
+        ``q`` is the query map ``to_q(x)`` of shape ``(N, E, H, W)``.
+        """
+        n, _, h, w = q.shape
+        r, k, g = self.downsample_factor, self.offset_kernel_size, self.offset_groups
+        hk, wk = (h + r - 1) // r, (w + r - 1) // r  # ceil; no negative floor division
+        # Zero padding such that the stride-r windows tile ceil(H/r) cells, centred on them when
+        # H % r == 0: the conv pads pad // 2 on both sides, an odd remainder goes to the end.
+        pad_h, pad_w = (hk - 1) * r + k - h, (wk - 1) * r + k - w
+        grouped = q.reshape(n * g, -1, h, w)
+        if pad_h % 2 or pad_w % 2:
+            grouped = F.pad(grouped, (0, pad_w % 2, 0, pad_h % 2))
+        conv = self.to_offsets[0]
+        offsets = F.conv2d(grouped, conv.weight, conv.bias, r, (pad_h // 2, pad_w // 2), 1,
+                           conv.groups)
+        # The geometry is computed in at least fp32 (also under fp16/bf16 autocast).
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        offsets = self.to_offsets[1:](offsets).to(dtype).tanh()  # (N * G, 2, H_k, W_k), (x, y)
+        # In grid spacings (2 / W_k, 2 / H_k in normalised coordinates), at most offset_scale.
+        offsets = torch.stack((offsets[:, 0] * (2.0 * self.offset_scale / wk),
+                               offsets[:, 1] * (2.0 * self.offset_scale / hk)), -1)
+        return reference_points(hk, wk, dtype, q.device) + offsets
+
+    def sample(self, x: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+        """Bilinear samples ``(N, C, H_k, W_k)`` of each group's channels at its locations."""
+        n, c, h, w = x.shape
+        g = self.offset_groups
+        sampled = F.grid_sample(
+            x.reshape(n * g, c // g, h, w), locations.to(x.dtype), mode='bilinear',
+            padding_mode='zeros', align_corners=False)
+        return sampled.reshape(n, c, *locations.shape[1:3])
+
+    def position_bias(self, locations: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Relative position bias ``(N, heads, H * W, H_k * W_k)`` of queries to the keys."""
+        queries = reference_points(h, w, locations.dtype, locations.device)
+        d = queries.reshape(1, h * w, 1, 2) - locations.reshape(locations.shape[0], 1, -1, 2)
+        d = (d.sign() * torch.log1p(d.abs())).to(self.rel_pos_bias[0].weight.dtype)
+        bias = self.rel_pos_bias(d)  # (N * G, HW, Nk, heads / G)
+        return bias.permute(0, 3, 1, 2).reshape(-1, self.heads, h * w, d.shape[2])
+
+    def _qkv_bias(self, x):
+        n, _, h, w = x.shape
+        q = self.to_q(x)
+        locations = self.sampling_locations(q)
+        kv = self.sample(x, locations)
+        shape = (n, self.heads, self.dim_head, -1)
+        q, k, v = q.reshape(shape), self.to_k(kv).reshape(shape), self.to_v(kv).reshape(shape)
+        bias = self.position_bias(locations, h, w).to(q.dtype)
+        return q, k, v, bias
+
+    def _attention(self, q, k, bias):
+        logits = torch.matmul(q.transpose(-1, -2), k)  # (N, heads, HW, Nk), no copies
+        return logits.mul_(self.dim_head**-0.5).add_(bias).softmax(-1)
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention weights ``(N, heads, H * W, H_k * W_k)`` (rows sum to 1)."""
+        self.check_input(x)
+        q, k, _, bias = self._qkv_bias(x)
+        return self._attention(q, k, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        n, _, h, w = x.shape
+        q, k, v, bias = self._qkv_bias(x)
+        attn = F.dropout(self._attention(q, k, bias), self.dropout, self.training)
+        # (N, heads, d, Nk) @ (N, heads, Nk, HW): the heads' outputs come out channel-first.
+        return self.to_out(torch.matmul(v, attn.transpose(-1, -2)).reshape(n, -1, h, w))
+
+    def extra_repr(self) -> str:
+        return (f'in_channels={self.in_channels}, heads={self.heads}, dim_head={self.dim_head}, '
+                f'offset_groups={self.offset_groups}, downsample_factor={self.downsample_factor}')
+
+
+def reference_points(h: int, w: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Centres of an ``h x w`` grid of cells as ``(h, w, 2)`` ``(x, y)`` coordinates in
+    ``[-1, 1]`` (``grid_sample`` with ``align_corners=False``)."""
+    ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+    xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
+    return torch.stack(torch.meshgrid(xs, ys, indexing='xy'), -1)

@@ -1,0 +1,250 @@
+"""DeformableAttention2D: sampling geometry, the defining equation, parameters, variants."""
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cvattn_mm.attention.spatial.deformable_attention import DeformableAttention2D
+from cvattn_mm.registry import MODELS
+
+from . import contract
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def expected_params(c, dim_head=64, heads=8, groups=None, k=6, group_queries=False,
+                    group_key_values=False, cpb_dim=32, cpb_depth=1):
+    """The docstring's formula with the default biases (q, v, out; none on k)."""
+    g = heads if groups is None else groups
+    e = heads * dim_head
+    gq = g if group_queries else 1
+    gkv = g if group_key_values else 1
+    qkv = (c * e // gq + e) + c * e // gkv + (c * e // gkv + e)
+    offsets = e // g * (k * k + 1) + 2 * e // g
+    cpb = 3 * cpb_dim + (cpb_depth - 1) * (cpb_dim * cpb_dim + cpb_dim) + cpb_dim * heads // g
+    return qkv + offsets + cpb + e * c + c
+
+
+@pytest.mark.parametrize('channels', [256, 2048])
+def test_parameter_count(channels):
+    params = n_params(DeformableAttention2D(channels))
+    print(f'DeformableAttention2D C={channels}: {params} params')
+    assert params == expected_params(channels)
+    variant = DeformableAttention2D(channels, dim_head=32, heads=4, offset_groups=2,
+                                    offset_kernel_size=5, group_queries=True,
+                                    group_key_values=True, cpb_dim=16, cpb_depth=2)
+    assert n_params(variant) == expected_params(channels, 32, 4, 2, 5, True, True, 16, 2)
+
+
+def test_parameter_count_values():
+    assert n_params(DeformableAttention2D(256)) == 528192
+    assert n_params(DeformableAttention2D(2048)) == 4200000
+
+
+SMALL = dict(in_channels=32, dim_head=8, heads=4)
+VARIANTS = {
+    'grouped_qkv': dict(SMALL, group_queries=True, group_key_values=True),
+    'two_groups': dict(SMALL, offset_groups=2),  # two heads per offset group
+    'stride2_odd_kernel': dict(SMALL, downsample_factor=2, offset_kernel_size=3),
+    'stride1': dict(SMALL, downsample_factor=1, offset_kernel_size=1, offset_scale=0.5),
+    'norm_deep_cpb': dict(SMALL, norm_cfg=dict(type='GN', num_groups=1), cpb_dim=8,
+                          cpb_depth=2, to_k_bias=False, to_out_bias=False),
+    'dropout': dict(SMALL, dropout=0.1),
+}
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_contract_variants(variant):
+    torch.manual_seed(0)
+    contract.run_contract(functools.partial(DeformableAttention2D, **VARIANTS[variant]))
+
+
+def test_onnx_two_groups(tmp_path):
+    contract.check_onnx(functools.partial(DeformableAttention2D, **VARIANTS['two_groups']),
+                        tmp_path)
+
+
+def test_builds_from_registry():
+    module = MODELS.build(dict(type='DeformableAttention2D', in_channels=64, heads=2))
+    assert isinstance(module, DeformableAttention2D) and module.offset_groups == 2
+
+
+def _zero_offsets(module):
+    with torch.no_grad():
+        module.to_offsets[-1].weight.zero_()
+    return module
+
+
+@pytest.mark.parametrize('size', [(12, 20), (20, 12)])
+def test_zero_offsets_sample_the_reference_cell_centres(size):
+    """r = 4: the keys are the cell centres, between 2x2 pixels (non-square map)."""
+    torch.manual_seed(0)
+    module = _zero_offsets(DeformableAttention2D(16, dim_head=4, heads=2)).double()
+    x = torch.randn(2, 16, *size, dtype=torch.float64)
+    with torch.no_grad():
+        locations = module.sampling_locations(module.to_q(x))
+        sampled = module.sample(x, locations)
+    h, w = size
+    assert locations.shape == (2 * 2, h // 4, w // 4, 2)
+    expected = (x[:, :, 1::4, 1::4] + x[:, :, 2::4, 1::4] + x[:, :, 1::4, 2::4] +
+                x[:, :, 2::4, 2::4]) / 4
+    assert sampled.shape == expected.shape == (2, 16, h // 4, w // 4)
+    torch.testing.assert_close(sampled, expected, rtol=0, atol=1e-12)
+
+
+def test_zero_offsets_sample_exact_pixels_with_odd_stride():
+    """r = 3 on 12x21: the cell centres are pixels, so sampling is plain strided indexing."""
+    torch.manual_seed(0)
+    module = _zero_offsets(DeformableAttention2D(16, dim_head=4, heads=4, downsample_factor=3,
+                                                 offset_kernel_size=5)).double()
+    x = torch.randn(2, 16, 12, 21, dtype=torch.float64)
+    with torch.no_grad():
+        sampled = module.sample(x, module.sampling_locations(module.to_q(x)))
+    torch.testing.assert_close(sampled, x[:, :, 1::3, 1::3], rtol=0, atol=1e-12)
+
+
+def test_locations_follow_offsets_within_the_offset_scale():
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(
+        DeformableAttention2D(16, dim_head=4, heads=2, offset_scale=1.5), scale=1.0)
+    x = torch.randn(1, 16, 12, 20)
+    with torch.no_grad():
+        locations = module.sampling_locations(module.to_q(x))
+        reference = module.sampling_locations(_zero_offsets(module).to_q(x))
+    spacing = torch.tensor([2 / 5, 2 / 3])  # grid spacing of a 3x5 key grid, (x, y)
+    moved = (locations - reference) / spacing
+    assert moved.abs().max() > 0.1  # the offsets do move the keys
+    assert moved.abs().max() <= 1.5 + 1e-5
+
+
+def test_attention_rows_sum_to_one():
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(DeformableAttention2D(**SMALL), scale=0.5)
+    x = torch.randn(2, 32, 9, 14)
+    with torch.no_grad():
+        attn = module.attention_map(x)
+    assert attn.shape == (2, 4, 9 * 14, 3 * 4)
+    assert (attn >= 0).all()
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 4, 9 * 14))
+    assert attn.std(-1).mean() > 0  # not uniform
+
+
+def _bilinear(img, px, py):
+    """Bilinear samples of ``img`` (C, H, W) at pixel coordinates, zero outside."""
+    _, h, w = img.shape
+    x0, y0 = px.floor(), py.floor()
+    out = 0
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1 - (px - xi).abs()) * (1 - (py - yi).abs())
+            inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+            xc, yc = xi.clamp(0, w - 1).long(), yi.clamp(0, h - 1).long()
+            out = out + img[:, yc, xc] * (weight * inside)
+    return out
+
+
+def _direct(module, x):
+    """The defining equation with explicit pixel geometry, loops and matrix products."""
+    n, c, h, w = x.shape
+    g, heads, d = module.offset_groups, module.heads, module.dim_head
+    r, k, s = module.downsample_factor, module.offset_kernel_size, module.offset_scale
+    hk, wk = math.ceil(h / r), math.ceil(w / r)
+    hpg, cg = heads // g, c // g
+
+    def conv1x1(layer, t):
+        out = torch.einsum('oc,nchw->nohw', layer.weight[:, :, 0, 0], t)
+        return out if layer.bias is None else out + layer.bias.view(1, -1, 1, 1)
+
+    q = conv1x1(module.to_q, x)  # group_queries=False
+    pad_h, pad_w = (hk - 1) * r + k - h, (wk - 1) * r + k - w
+    grouped = F.pad(q.reshape(n * g, -1, h, w),
+                    (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    offsets = s * torch.tanh(module.to_offsets(grouped)).reshape(n, g, 2, hk, wk)
+    # Reference points: the centres of an hk x wk grid of cells over the map, in pixels.
+    ref_y = (torch.arange(hk, dtype=x.dtype) + 0.5) * h / hk - 0.5
+    ref_x = (torch.arange(wk, dtype=x.dtype) + 0.5) * w / wk - 0.5
+    qy, qx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype),
+                            indexing='ij')
+    linears = [m for m in module.rel_pos_bias if isinstance(m, nn.Linear)]
+    out = torch.zeros(n, heads * d, h * w, dtype=x.dtype)
+    for b in range(n):
+        feats, pos = [], []
+        for gi in range(g):
+            py = ref_y[:, None] + offsets[b, gi, 1] * h / hk
+            px = ref_x[None, :] + offsets[b, gi, 0] * w / wk
+            feats.append(_bilinear(x[b, gi * cg:(gi + 1) * cg], px, py).reshape(cg, -1))
+            pos.append((px.flatten(), py.flatten()))
+        sampled = torch.cat(feats)  # (C, Nk)
+        keys = module.to_k.weight[:, :, 0, 0] @ sampled
+        values = module.to_v.weight[:, :, 0, 0] @ sampled + module.to_v.bias[:, None]
+        for head in range(heads):
+            px, py = pos[head // hpg]
+            # Normalised offsets query - key: the pixel centre u maps to (2u + 1) / size - 1.
+            dx = (2 * qx.reshape(-1, 1) + 1) / w - (2 * px.reshape(1, -1) + 1) / w
+            dy = (2 * qy.reshape(-1, 1) + 1) / h - (2 * py.reshape(1, -1) + 1) / h
+            hidden = torch.stack([dx, dy], -1)
+            hidden = torch.sign(hidden) * torch.log(1 + hidden.abs())
+            for layer in linears[:-1]:
+                hidden = torch.relu(hidden @ layer.weight.T + layer.bias)
+            bias = (hidden @ linears[-1].weight.T)[..., head % hpg]
+            qh = q[b, head * d:(head + 1) * d].reshape(d, -1)
+            kh, vh = keys[head * d:(head + 1) * d], values[head * d:(head + 1) * d]
+            logits = qh.T @ kh / math.sqrt(d) + bias
+            attn = torch.exp(logits - logits.max(1, keepdim=True).values)
+            attn = attn / attn.sum(1, keepdim=True)
+            out[b, head * d:(head + 1) * d] = vh @ attn.T
+    return conv1x1(module.to_out, out.reshape(n, -1, h, w))
+
+
+@pytest.mark.parametrize('kwargs,size', [
+    (dict(offset_groups=2, cpb_depth=2), (10, 13)),
+    (dict(downsample_factor=3, offset_kernel_size=5), (7, 5)),
+    (dict(), (1, 1)),
+])
+def test_equation_against_direct_computation(kwargs, size):
+    torch.manual_seed(0)
+    module = DeformableAttention2D(8, dim_head=4, heads=4, cpb_dim=8, **kwargs)
+    module = contract.perturb_parameters(module, scale=0.5).double().eval()
+    x = torch.randn(2, 8, *size, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), _direct(module, x), rtol=1e-9, atol=1e-10)
+
+
+def test_offsets_change_the_output():
+    """The offset network is live: zeroing it changes the output (gradients reach it too)."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(DeformableAttention2D(**SMALL), scale=0.5).eval()
+    x = torch.randn(1, 32, 12, 12)
+    with torch.no_grad():
+        y = module(x)
+        y0 = _zero_offsets(module)(x)
+    assert (y - y0).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('kwargs,argument', [
+    (dict(heads=0), 'heads'),
+    (dict(heads=2.5), 'heads'),
+    (dict(dim_head=0), 'dim_head'),
+    (dict(heads=8, offset_groups=3), 'heads'),
+    (dict(heads=4, offset_groups=0), 'offset_groups'),
+    (dict(in_channels=30, heads=4), 'in_channels'),
+    (dict(downsample_factor=0), 'downsample_factor'),
+    (dict(offset_kernel_size=3), 'offset_kernel_size'),
+    (dict(offset_scale=0), 'offset_scale'),
+    (dict(offset_scale=float('inf')), 'offset_scale'),
+    (dict(dropout=1.0), 'dropout'),
+    (dict(dropout=-0.1), 'dropout'),
+    (dict(cpb_dim=0), 'cpb_dim'),
+    (dict(cpb_depth=0), 'cpb_depth'),
+    (dict(in_channels=0), 'in_channels'),
+])
+def test_invalid_arguments(kwargs, argument):
+    kwargs = dict(dict(in_channels=32), **kwargs)
+    with pytest.raises(ValueError, match=f'DeformableAttention2D.*{argument}'):
+        DeformableAttention2D(**kwargs)
