@@ -91,8 +91,11 @@ def mobilenet_v2_places(model: nn.Module, position: str) -> Optional[List[str]]:
     depthwise = []
     for stage in stages:
         for i, block in enumerate(getattr(model, stage)):
-            k = next(k for k, m in enumerate(block.conv) if m.conv.groups > 1)
-            depthwise.append(f'{stage}.{i}.conv.{k}')
+            if hasattr(block, 'depthwise_conv'):  # mmdet's InvertedResidual
+                depthwise.append(f'{stage}.{i}.depthwise_conv')
+            else:  # mmpretrain's: a Sequential of ConvModules
+                k = next(k for k, m in enumerate(block.conv) if m.conv.groups > 1)
+                depthwise.append(f'{stage}.{i}.conv.{k}')
     if position in ('residual_end', 'after_mid_conv'):
         return depthwise
     if position == 'before_mid_norm':

@@ -275,3 +275,24 @@ def test_plain_pytorch_model():
     assert net(torch.randn(2, 3, 9, 11)).shape == (2, 32, 9, 11)
     with pytest.raises(ValueError, match='bare Sequential'):
         insert_attention(net.body, [dict(attention=dict(type='ECA'), at='1')])
+
+
+@pytest.mark.parametrize('backbone,scope,sites', [
+    (dict(type='SwinTransformer', depths=(2, 2, 2, 2), embed_dims=32, num_heads=(1, 2, 4, 8)),
+     'mmdet', 8),
+    (dict(type='SwinTransformer', depths=(2, 2, 2, 2), embed_dims=32, num_heads=(1, 2, 4, 8)),
+     'mmseg', 8),
+    (dict(type='MobileNetV2', out_indices=(7, )), 'mmdet', 17),
+    (dict(type='ResNetV1c', depth=50, out_indices=(3, )), 'mmseg', 16),
+    (dict(type='ResNeXt', depth=50, groups=32, base_width=4), 'mmdet', 16),
+])
+def test_presets_of_every_package(backbone, scope, sites):
+    model = with_attention(backbone, scope, dict(attention=dict(type='SE'), identity_init=True))
+    assert len(model.attention_sites) == sites
+    plain = build(backbone, scope)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    evaluated(model), evaluated(plain)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for out, ref in zip(model(x), plain(x)):
+            assert torch.equal(out, ref)
