@@ -211,7 +211,8 @@ def probe_outputs(model: nn.Module, paths: List[str],
     for path in paths:
         if path not in outputs:
             raise ValueError(f'{path} is not called by the forward pass of '
-                             f'{type(model).__name__}, so attention there would never run')
+                             f'{type(model).__name__}, so attention there would never run; '
+                             f'{candidate_message(model, path)}')
         if not isinstance(outputs[path], torch.Tensor):
             raise ValueError(f'cannot insert attention at {path}: it gives '
                              f'{type(outputs[path]).__name__}, not a tensor; choose one of its '

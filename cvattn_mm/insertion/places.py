@@ -38,7 +38,8 @@ def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
     patterns = [at] if isinstance(at, str) else at
     if not isinstance(patterns, (list, tuple)) or not patterns or \
             not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError(f"at= must be 'paper' or module-path patterns, got {at!r}")
+        raise ValueError(f"at= must be 'paper' or module-path patterns, got {at!r}; "
+                         f'{candidate_message(model, str(at))}')
     paths = [p for p, _ in model.named_modules() if p]
     matched = []
     for pattern in patterns:

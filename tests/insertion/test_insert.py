@@ -181,7 +181,8 @@ def test_patterns_and_composition():
 
 @pytest.mark.parametrize('insertion,match', [
     (dict(attention=dict(type='SE'), at='layer9.*'), r"matches no module.*closest"),
-    (dict(attention=dict(type='SE'), at=5), r"at= must be 'paper'"),
+    (dict(attention=dict(type='SE'), at=5), r"at= must be 'paper'.*closest module paths"),
+    (dict(attention=dict(type='SE'), at='layer1.0.downsample'), 'matches no module'),
     (dict(attention=dict(type='SE', in_channels=64)), 'channels are inferred'),
     (dict(attention=dict(type='SE'), where='paper'), 'takes the keys'),
     (dict(attention=dict(type='SK')), r"paper position 'replaces_mid_conv'.*not defined"),
@@ -264,6 +265,7 @@ class TinyNet(nn.Module):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                                   nn.Conv2d(16, 32, 3, padding=1))
+        self.unused = nn.Conv2d(32, 32, 1)
 
     def forward(self, x):
         return self.body(x)
@@ -273,6 +275,8 @@ def test_plain_pytorch_model():
     net = insert_attention(TinyNet(), [dict(attention=dict(type='ECA'), at=['body.1', 'body.3'])])
     assert [s.channels for s in net.attention_sites.values()] == [16, 32]
     assert net(torch.randn(2, 3, 9, 11)).shape == (2, 32, 9, 11)
+    with pytest.raises(ValueError, match='not called by the forward pass.*closest module paths'):
+        insert_attention(TinyNet(), [dict(attention=dict(type='SE'), at='unused')])
     with pytest.raises(ValueError, match='bare Sequential'):
         insert_attention(net.body, [dict(attention=dict(type='ECA'), at='1')])
 
