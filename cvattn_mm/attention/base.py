@@ -18,6 +18,7 @@ FAMILIES = {
 #: Where a paper puts its module; the insertion presets translate these per backbone.
 PAPER_POSITIONS = {
     'residual_end': 'on the residual branch, after its last norm, before the addition',
+    'residual_end_c3_c5': 'as residual_end, in the stages c3-c5 only (all but the first)',
     'before_mid_norm': "after the residual branch's (last) 3x3 conv, before its norm",
     'after_mid_conv': "after the residual branch's 3x3 conv, its norm and activation",
     'replaces_mid_conv': "in place of the residual branch's 3x3 conv",

@@ -32,6 +32,15 @@ def find_preset(model: nn.Module):
     return None
 
 
+def _late_blocks(position: str, blocks: list, first_stage: str):
+    """``'residual_end_c3_c5'`` is ``'residual_end'`` without the blocks of the first stage."""
+    if position != 'residual_end_c3_c5':
+        return position, blocks
+    keep = [b for b in blocks if not (b[0] if isinstance(b, tuple) else b).startswith(
+        first_stage + '.')]
+    return 'residual_end', keep
+
+
 def _stage_ends(stage_paths: List[str], position: str) -> Optional[List[str]]:
     """Places defined by stages alone: after every stage but the last, or the last two."""
     if position == 'between_stages':
@@ -48,6 +57,7 @@ def resnet_places(model: nn.Module, position: str) -> Optional[List[str]]:
     blocks = [(f'{stage}.{i}', block) for stage in stages
               for i, block in enumerate(getattr(model, stage))]
     bottleneck = hasattr(blocks[0][1], 'conv3')
+    position, blocks = _late_blocks(position, blocks, stages[0])
     if position == 'residual_end':
         return [f'{p}.{b.norm3_name if bottleneck else b.norm2_name}' for p, b in blocks]
     if position == 'before_mid_norm':
@@ -64,10 +74,12 @@ def swin_places(model: nn.Module, position: str) -> Optional[List[str]]:
     """Swin Transformer (mmpretrain, mmdet, mmseg): tokens with the blocks' hw_shape."""
     last_blocks = [f'stages.{i}.blocks.{len(stage.blocks) - 1}'
                    for i, stage in enumerate(model.stages)]
+    blocks = [f'stages.{i}.blocks.{j}'
+              for i, stage in enumerate(model.stages) for j in range(len(stage.blocks))]
+    position, blocks = _late_blocks(position, blocks, 'stages.0')
     if position == 'residual_end':
         # the FFN's residual branch, before its add (mmcv FFN: layers -> dropout -> + x)
-        return [f'stages.{i}.blocks.{j}.ffn.layers'
-                for i, stage in enumerate(model.stages) for j in range(len(stage.blocks))]
+        return [f'{p}.ffn.layers' for p in blocks]
     return _stage_ends(last_blocks, position)
 
 
@@ -76,6 +88,7 @@ def convnext_places(model: nn.Module, position: str) -> Optional[List[str]]:
     """ConvNeXt (mmpretrain): the residual branch ends with pointwise_conv2 (channels-last)."""
     blocks = [f'stages.{i}.{j}' for i, stage in enumerate(model.stages)
               for j in range(len(stage))]
+    position, blocks = _late_blocks(position, blocks, 'stages.0')
     if position == 'residual_end':
         return [f'{p}.pointwise_conv2' for p in blocks]
     if position == 'before_mid_norm':
@@ -96,6 +109,7 @@ def mobilenet_v2_places(model: nn.Module, position: str) -> Optional[List[str]]:
             else:  # mmpretrain's: a Sequential of ConvModules
                 k = next(k for k, m in enumerate(block.conv) if m.conv.groups > 1)
                 depthwise.append(f'{stage}.{i}.conv.{k}')
+    position, depthwise = _late_blocks(position, depthwise, stages[0])
     if position in ('residual_end', 'after_mid_conv'):
         return depthwise
     if position == 'before_mid_norm':

@@ -115,6 +115,8 @@ def test_places_per_family():
     paths = [s.path for s in r50.attention_sites.values()]
     assert paths[:4] == ['layer1', 'layer1.0.conv2', 'layer1.0.bn3', 'layer1.1.conv2']
     assert sum(p.endswith('bn3') for p in paths) == 16 and 'layer4' not in paths
+    gc = with_attention(R50, 'mmdet', dict(attention=dict(type='GC')))
+    assert len(gc.attention_sites) == 4 + 6 + 3 and 'layer2-0-bn3' in gc.attention_sites
     r18 = with_attention(R18, 'mmdet', dict(attention=dict(type='CBAM')))
     assert {s.path.split('.')[-1] for s in r18.attention_sites.values()} == {'bn2'}
     assert [s.channels for s in r18.attention_sites.values()][::2] == [64, 128, 256, 512]

@@ -23,6 +23,7 @@ class GC(AttentionModule):
     (default ``'add'`` only: ``y = x + T_add(c)``). ``W2`` of every transform is zero-initialised,
     as in the official code, so the default block starts as the identity.
     Parameters: ``C`` (``W_k``, 'att' only) plus ``2 * C * C/r + 3 * C/r + C`` per fusion.
+    Paper position: after the last norm of every residual block of stages c3-c5.
 
     Deviations: ``W_k`` has no bias (the official one has; the softmax cancels it, so it never
     gets a gradient): one parameter fewer. A LayerNorm over a hidden width of 1 (r <= C < 2r
@@ -51,7 +52,7 @@ class GC(AttentionModule):
     family = 'channel'
     paper = ('Cao et al., GCNet: Non-local Networks Meet Squeeze-Excitation Networks and '
              'Beyond, ICCV Workshops 2019, arXiv:1904.11492')
-    paper_position = 'residual_end'
+    paper_position = 'residual_end_c3_c5'
     _abbr_ = 'gc'
 
     def __init__(self,
