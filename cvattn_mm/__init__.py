@@ -1,5 +1,5 @@
 """cvattn_mm: computer-vision attention modules for OpenMMLab 2.x."""
-from . import attention, heads, insertion, registry  # noqa: F401  (registers the modules)
+from . import attention, engine, heads, insertion, registry  # noqa: F401  (registers them)
 from .checkpoint_safety import allow_mmengine_checkpoints
 from .version import __version__
 

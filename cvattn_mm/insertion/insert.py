@@ -237,11 +237,14 @@ def default_example_inputs(model: nn.Module, size: int = 224) -> Tuple:
 
 @register_model(name='InsertAttention')
 def build_with_attention(module: dict, insertions: Sequence[dict],
-                         example_inputs: Optional[Tuple] = None) -> nn.Module:
+                         example_inputs: Optional[Tuple] = None, **module_options) -> nn.Module:
     """Config builder: ``dict(type='InsertAttention', module=<any model config>,
     insertions=[dict(attention=dict(type='CBAM'), at='paper'), ...])``.
 
     ``module`` is built by the registry of the current default scope (mmdet, mmseg,
-    mmpretrain), or by its own scope prefix (``'mmpretrain.ResNet'``).
+    mmpretrain), or by its own scope prefix (``'mmpretrain.ResNet'``). Other keyword arguments
+    go to ``module``: parents that set options of their backbone config (mmseg's segmentors
+    set ``pretrained``) work as with the plain backbone.
     """
+    module = dict(module, **module_options)
     return insert_attention(MMENGINE_MODELS.build(module), insertions, example_inputs)

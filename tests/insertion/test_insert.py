@@ -302,3 +302,17 @@ def test_presets_of_every_package(backbone, scope, sites):
     with torch.no_grad():
         for out, ref in zip(model(x), plain(x)):
             assert torch.equal(out, ref)
+
+
+def test_options_set_by_the_parent_reach_the_backbone():
+    """mmseg's segmentors put ``pretrained`` into their backbone config."""
+    from mmengine.config import ConfigDict
+
+    segmentor = build(ConfigDict(
+        type='EncoderDecoder', pretrained='local/resnet18.pth',
+        backbone=dict(type='InsertAttention', module=dict(type='ResNetV1c', depth=18),
+                      insertions=[dict(attention=dict(type='SE'))]),
+        decode_head=dict(type='FCNHead', in_channels=512, channels=16, num_classes=3)), 'mmseg')
+    assert segmentor.backbone.init_cfg == dict(type='Pretrained',
+                                               checkpoint='local/resnet18.pth')
+    assert len(segmentor.backbone.attention_sites) == 8

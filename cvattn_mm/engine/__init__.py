@@ -1,0 +1,4 @@
+"""Training-loop pieces registered in mmengine's root registries."""
+from .cpu_bf16_optim_wrapper import CPUBF16OptimWrapper
+
+__all__ = ['CPUBF16OptimWrapper']
