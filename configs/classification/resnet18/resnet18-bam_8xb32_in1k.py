@@ -1,0 +1,4 @@
+_base_ = ['./resnet18_base.py']
+# BAM at the end of every stage but the last (its paper's position)
+model = dict(backbone=dict(insertions=[
+    dict(attention=dict(type='BAM'), at='paper')]))

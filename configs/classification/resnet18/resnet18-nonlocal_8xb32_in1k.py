@@ -1,0 +1,4 @@
+_base_ = ['./resnet18_base.py']
+# NonLocalBlock after the last two stages (its paper's position)
+model = dict(backbone=dict(insertions=[
+    dict(attention=dict(type='NonLocalBlock'), at='paper')]))

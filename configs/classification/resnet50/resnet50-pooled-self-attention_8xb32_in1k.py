@@ -1,0 +1,4 @@
+_base_ = ['./resnet50_base.py']
+# PooledSelfAttention after the last two stages (its paper's position)
+model = dict(backbone=dict(insertions=[
+    dict(attention=dict(type='PooledSelfAttention'), at='paper')]))

@@ -1,0 +1,5 @@
+_base_ = ['./swin-tiny_base.py']
+# CBAM at the end of every block's FFN branch, before its addition (the residual end of a Swin
+# block)
+model = dict(backbone=dict(insertions=[
+    dict(attention=dict(type='CBAM'), at='paper')]))

@@ -1,0 +1,4 @@
+_base_ = ['./pspnet_r50-d8_base.py']
+# GC on every residual branch, after its last norm (its paper's position)
+model = dict(backbone=dict(insertions=[
+    dict(attention=dict(type='GC'), at='paper')]))

@@ -1,0 +1,4 @@
+_base_ = ['./upernet_swin-tiny_base.py']
+# GC at the end of every block's FFN branch, before its addition
+model = dict(backbone=dict(insertions=[
+    dict(attention=dict(type='GC'), at='paper')]))

@@ -1,0 +1,4 @@
+_base_ = ['./upernet_r50_base.py']
+# CBAM on every residual branch, after its last norm (its paper's position)
+model = dict(backbone=dict(insertions=[
+    dict(attention=dict(type='CBAM'), at='paper')]))

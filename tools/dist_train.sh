@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Train with GPUS processes on each of NNODES nodes, started by torchrun (--launcher pytorch:
+# nccl on GPUs, gloo on CPUs). PYTHON names the interpreter (default: python).
+# Usage: NNODES=1 NODE_RANK=0 MASTER_ADDR=127.0.0.1 PORT=29500 \
+#        tools/dist_train.sh CONFIG GPUS [tools/train.py arguments]
+CONFIG=$1
+GPUS=$2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+PYTHON=${PYTHON:-python}
+
+PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
+"$PYTHON" -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$GPUS" \
+    --master_port="$PORT" \
+    "$(dirname "$0")/train.py" \
+    "$CONFIG" \
+    --launcher pytorch "${@:3}"
