@@ -101,7 +101,6 @@ class GC(AttentionModule):
                 nn.init.zeros_(transform[-1].weight)
                 nn.init.zeros_(transform[-1].bias)
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if self.conv_mask is not None:

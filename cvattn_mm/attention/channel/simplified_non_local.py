@@ -48,7 +48,6 @@ class SimplifiedNonLocal(AttentionModule):
         nn.init.zeros_(self.value_conv.weight)
         nn.init.zeros_(self.value_conv.bias)
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         context = pointwise(self.value_conv, attention_pool(x, self.conv_mask))  # (N, C)

@@ -85,7 +85,6 @@ class CBAM(AttentionModule):
         if norm is not None and getattr(norm, 'weight', None) is not None:
             nn.init.zeros_(norm.weight)
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if self.use_channel:

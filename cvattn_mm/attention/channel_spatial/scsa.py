@@ -160,7 +160,6 @@ class SCSA(AttentionModule):
             if self.qkv_bias is not None:
                 nn.init.uniform_(self.qkv_bias, -1., 1.)
 
-
     def _gate(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return x.softmax(dim) if self.gate_layer == 'softmax' else x.sigmoid()
 

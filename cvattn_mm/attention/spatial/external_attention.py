@@ -77,7 +77,6 @@ class ExternalAttention(AttentionModule):
         with torch.no_grad():
             self.memory_value.weight.copy_(self.memory_key.weight.transpose(0, 1))
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         n, c, h, w = x.shape

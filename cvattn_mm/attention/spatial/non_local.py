@@ -86,7 +86,6 @@ class NonLocalBlock(AttentionModule):
         if last.bias is not None:
             nn.init.zeros_(last.bias)
 
-
     def _pool(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """2x2 max pooling (ceil mode) of (N, L, ch) tokens laid out on an h x w grid."""
         if not self.sub_sample:

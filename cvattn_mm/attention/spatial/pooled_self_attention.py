@@ -61,7 +61,6 @@ class PooledSelfAttention(AttentionModule):
     def init_special(self):
         nn.init.zeros_(self.gamma)
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         n, c, h, w = x.shape
