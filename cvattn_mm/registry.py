@@ -23,6 +23,17 @@ from mmengine.registry import Registry
 class SuggestingRegistry(Registry):
     """A :class:`~mmengine.registry.Registry` whose failed look-ups suggest names."""
 
+    def build(self, cfg, *args, **kwargs):
+        """``Registry.build``; an unknown type (also when the current default scope moved the
+        look-up to another registry) raises the error of :meth:`get`, with suggestions."""
+        try:
+            return super().build(cfg, *args, **kwargs)
+        except KeyError as error:
+            obj_type = cfg.get('type') if isinstance(cfg, dict) else None
+            if isinstance(obj_type, str) and f'{obj_type} is not in the' in str(error):
+                self.get(obj_type)  # raises the suggesting KeyError if no registry knows it
+            raise
+
     def get(self, key):
         obj = super().get(key)
         if obj is None and isinstance(key, str):

@@ -107,8 +107,13 @@ def test_no_name_collides_with_the_ecosystem():
 
 
 def test_unknown_name_lists_the_closest():
+    from mmengine.registry import DefaultScope
+
     with pytest.raises(KeyError, match=r"'SEE' is not a registered.*closest: SE"):
         MODELS.build(dict(type='SEE', in_channels=8))
+    with DefaultScope.overwrite_default_scope('mmdet'):  # the look-up moves to mmdet's registry
+        with pytest.raises(KeyError, match=r"'SEE' is not a registered.*closest: SE"):
+            MODELS.build(dict(type='SEE', in_channels=8))
     from mmdet.registry import MODELS as MMDET
     with pytest.raises(KeyError, match=r"'CBMA'.*closest: CBAM"):
         MMDET.build(dict(type='cvattn_mm.CBMA', in_channels=8))

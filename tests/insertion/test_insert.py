@@ -233,8 +233,8 @@ def test_pretrained_init_cfg_loads_the_backbone(tmp_path):
     model.init_weights()
     for key, value in plain.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
-    gc = model.attention_sites['layer1-0-bn2'].attentions['gc']
-    x = torch.randn(1, 64, 8, 8)
+    gc = model.attention_sites['layer2-0-bn2'].attentions['gc']  # GC: stages c3-c5
+    x = torch.randn(1, 128, 8, 8)
     assert torch.equal(gc(x), x)  # GC's zero-initialised last conv survives 'Pretrained'
 
 

@@ -282,7 +282,9 @@ def load_tool(name):
 
 def test_cpu_amp_wrapper_runs_the_forward_under_bfloat16_autocast():
     model = torch.nn.Linear(4, 2)
-    wrapper = load_tool('train').CPUBF16OptimWrapper(
+    from cvattn_mm.engine import CPUBF16OptimWrapper
+
+    wrapper = CPUBF16OptimWrapper(
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with wrapper.optim_context(model):
         output = model(torch.ones(1, 4))
