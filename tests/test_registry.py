@@ -111,9 +111,10 @@ def test_unknown_name_lists_the_closest():
 
     with pytest.raises(KeyError, match=r"'SEE' is not a registered.*closest: SE"):
         MODELS.build(dict(type='SEE', in_channels=8))
-    with DefaultScope.overwrite_default_scope('mmdet'):  # the look-up moves to mmdet's registry
-        with pytest.raises(KeyError, match=r"'SEE' is not a registered.*closest: SE"):
-            MODELS.build(dict(type='SEE', in_channels=8))
+    # the current default scope moves the look-up to mmdet's registry
+    with DefaultScope.overwrite_default_scope('mmdet'), \
+            pytest.raises(KeyError, match=r"'SEE' is not a registered.*closest: SE"):
+        MODELS.build(dict(type='SEE', in_channels=8))
     from mmdet.registry import MODELS as MMDET
     with pytest.raises(KeyError, match=r"'CBMA'.*closest: CBAM"):
         MMDET.build(dict(type='cvattn_mm.CBMA', in_channels=8))
