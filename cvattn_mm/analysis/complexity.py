@@ -1,0 +1,205 @@
+"""Parameters and FLOPs of a module, or of a config's model with and without its attention.
+
+FLOPs are mmengine's count (:class:`mmengine.analysis.FlopAnalyzer`, as in the OpenMMLab
+``get_flops`` tools): one multiply-add is one FLOP, for convolutions, linear layers, matrix
+products, norms, adaptive average pooling, upsampling and ``grid_sample``; element-wise ops
+(the gates' sigmoids and products, ``mean``, ``softmax``...) are not counted, so a module
+made only of them (SimAM) counts 0. Two matrix products that mmengine 0.10 does not count
+are added (:data:`EXTRA_FLOP_OPS`): ``baddbmm`` and ``scaled_dot_product_attention``
+(``Q K^T`` and ``A V``); without them a non-local block written with them would count a
+fraction of the same block written with ``matmul``.
+"""
+import copy
+import math
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.analysis import FlopAnalyzer
+from mmengine.analysis.jit_handles import get_shape
+from mmengine.config import Config
+from mmengine.model import BaseModel, revert_sync_batchnorm
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import DefaultScope
+
+from ..attention.base import AttentionModule
+from ..attention.catalog import attention_classes
+
+INSERT_TYPES = ('InsertAttention', 'cvattn_mm.InsertAttention')
+
+
+def baddbmm_flop_jit(inputs, outputs) -> int:
+    """``baddbmm(input, b1, b2)``: the ``(n, c, t) @ (n, t, d)`` product, ``n c t d``."""
+    n, c, t = get_shape(inputs[1])
+    return n * c * t * get_shape(inputs[2])[-1]
+
+
+def sdpa_flop_jit(inputs, outputs) -> int:
+    """``scaled_dot_product_attention(q, k, v)``: ``Q K^T`` and ``A V``,
+    ``batch L S (E + E_v)`` for q ``(..., L, E)``, k ``(..., S, E)``, v ``(..., S, E_v)``."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+#: Handles of the matrix products that mmengine's FlopAnalyzer does not count.
+EXTRA_FLOP_OPS = {'aten::baddbmm': baddbmm_flop_jit,
+                  'aten::scaled_dot_product_attention': sdpa_flop_jit}
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_flops(module: nn.Module, inputs: Union[torch.Tensor, Tuple]) -> int:
+    """mmengine's FLOP count of one forward pass of ``module`` in eval mode.
+
+    Args:
+        module: Any module; traced with ``torch.jit``.
+        inputs: The input tensor, or a tuple of the forward's arguments.
+    """
+    return flops_by_module(module, inputs)['']
+
+
+def flops_by_module(module: nn.Module, inputs: Union[torch.Tensor, Tuple],
+                    names: Sequence[str] = ()) -> Dict[str, int]:
+    """FLOP counts of one forward pass of ``module`` in eval mode: the total (key ``''``)
+    and that of each submodule in ``names`` (paths in ``module``)."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs, )
+    training = module.training
+    module.eval()  # not chained: mmpretrain's and mmdet's ResNet.train() return None
+    try:
+        with torch.no_grad():
+            analyzer = FlopAnalyzer(module, inputs)
+            analyzer.set_op_handle(**EXTRA_FLOP_OPS)
+            analyzer.unsupported_ops_warnings(False)
+            analyzer.uncalled_modules_warnings(False)
+            return {name: int(analyzer.total(name)) for name in ('', *names)}
+    finally:
+        module.train(training)
+
+
+def is_our_attention(type_name) -> bool:
+    """Whether a config ``type`` (a name or a class) is an attention module of cvattn_mm."""
+    if isinstance(type_name, type):
+        return issubclass(type_name, AttentionModule)
+    if not isinstance(type_name, str):
+        return False
+    return type_name.removeprefix('cvattn_mm.') in attention_classes()
+
+
+def strip_attention(cfg):
+    """A copy of a model config without the attention of cvattn_mm.
+
+    ``InsertAttention`` wrappers are replaced by the model they wrap, and ``plugins``
+    entries whose ``cfg.type`` is one of our attention modules are removed (the key itself
+    when none is left); other plugins stay.
+    """
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(strip_attention(c) for c in cfg)
+    if not isinstance(cfg, dict):
+        return copy.deepcopy(cfg)
+    if cfg.get('type') in INSERT_TYPES:
+        return strip_attention(cfg['module'])
+    out = {}
+    for key, value in cfg.items():
+        if key == 'plugins' and isinstance(value, (list, tuple)):
+            value = [p for p in value if not (isinstance(p, dict)
+                                              and is_our_attention(p.get('cfg', {}).get('type')))]
+            if not value:
+                continue
+        out[key] = strip_attention(value)
+    return type(cfg)(out)
+
+
+class TensorForward(nn.Module):
+    """``model`` seen as ``inputs -> tensors``: OpenMMLab models in ``mode='tensor'``.
+
+    Detectors get one data sample per image with the image's shape as meta information
+    (their RPN needs it, as in mmdet's ``get_flops``); other models get none.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor):
+        if not isinstance(self.model, BaseModel):
+            return self.model(inputs)
+        return self.model(inputs, _data_samples(self.model, inputs), mode='tensor')
+
+
+def _data_samples(model: nn.Module, inputs: torch.Tensor):
+    try:
+        from mmdet.models.detectors import BaseDetector
+        from mmdet.structures import DetDataSample
+    except ImportError:
+        return None
+    if not isinstance(model, BaseDetector):
+        return None
+    shape = tuple(inputs.shape[2:])
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                scale_factor=(1.0, 1.0))
+    return [DetDataSample(metainfo=meta) for _ in range(inputs.shape[0])]
+
+
+def build_model(cfg: Config, model_cfg: Optional[dict] = None) -> nn.Module:
+    """Build ``model_cfg`` (default ``cfg.model``) with the config's default scope, SyncBN
+    reverted to BN, in eval mode."""
+    scope = cfg.get('default_scope', None)
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MMENGINE_MODELS.build(cfg.model if model_cfg is None else model_cfg)
+    model = revert_sync_batchnorm(model)
+    model.eval()
+    return model
+
+
+def config_complexity(cfg: Union[str, Config], shape: Sequence[int] = (224, 224)) -> dict:
+    """Params and FLOPs of a config's model, and what its attention adds.
+
+    The baseline is the same config's model with the attention stripped
+    (:func:`strip_attention`). Both are counted in total and per part (the model's direct
+    children: backbone, neck, heads). Both models have random weights: a part whose work
+    depends on its input (the RPN keeps the proposals that survive NMS) may count
+    differently although the attention is elsewhere.
+
+    Args:
+        cfg: A config or a config file.
+        shape: Input (H, W); the input is one random 3-channel image.
+
+    Returns:
+        dict: ``shape``; ``params``, ``flops``, ``base_params``, ``base_flops``,
+        ``added_params``, ``added_flops`` for the whole model; ``parts``: the same per
+        part name (parts without parameters and FLOPs left out); ``attention_modules``
+        (count of our attention modules in the model) and ``attention_params`` (theirs).
+    """
+    if not isinstance(cfg, Config):
+        cfg = Config.fromfile(cfg)
+    inputs = torch.rand(1, 3, *shape)
+    model = build_model(cfg)
+    base = build_model(cfg, strip_attention(cfg.model))
+    parts = [name for name, _ in model.named_children()]
+    counts = [_counts(m, inputs, parts) for m in (model, base)]
+    result = dict(shape=list(shape), **_complexity(*counts[0][''], *counts[1]['']))
+    result['parts'] = {p: _complexity(*counts[0][p], *counts[1].get(p, (0, 0)))
+                       for p in parts if any(counts[0][p] + counts[1].get(p, (0, 0)))}
+    attentions = [m for m in model.modules() if isinstance(m, AttentionModule)]
+    result.update(attention_modules=len(attentions),
+                  attention_params=sum(count_params(m) for m in attentions))
+    return result
+
+
+def _counts(model: nn.Module, inputs: torch.Tensor, parts: Sequence[str]) -> dict:
+    """``{'': (params, flops), part: (params, flops), ...}`` of ``model`` and those of
+    ``parts`` that are its children."""
+    children = dict(model.named_children())
+    parts = [p for p in parts if p in children]
+    flops = flops_by_module(TensorForward(model), inputs, [f'model.{p}' for p in parts])
+    counts = {p: (count_params(children[p]), flops[f'model.{p}']) for p in parts}
+    counts[''] = (count_params(model), flops[''])
+    return counts
+
+
+def _complexity(params: int, flops: int, base_params: int, base_flops: int) -> dict:
+    return dict(params=params, flops=flops, base_params=base_params, base_flops=base_flops,
+                added_params=params - base_params, added_flops=flops - base_flops)
