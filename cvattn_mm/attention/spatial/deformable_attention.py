@@ -126,9 +126,9 @@ class DeformableAttention2D(AttentionModule):
             offset_layers.append(build_norm_layer(norm_cfg, offset_dims)[1])
         offset_layers += [build_activation_layer(act_cfg), nn.Conv2d(offset_dims, 2, 1, bias=False)]
         self.to_offsets = nn.Sequential(*offset_layers)
-        cpb = [nn.Linear(2, cpb_dim), nn.ReLU(inplace=True)]
+        cpb = [nn.Linear(2, cpb_dim), nn.ReLU()]
         for _ in range(cpb_depth - 1):
-            cpb += [nn.Linear(cpb_dim, cpb_dim), nn.ReLU(inplace=True)]
+            cpb += [nn.Linear(cpb_dim, cpb_dim), nn.ReLU()]
         cpb.append(nn.Linear(cpb_dim, heads // groups, bias=False))
         self.rel_pos_bias = nn.Sequential(*cpb)
         self.to_out = nn.Conv2d(inner, in_channels, 1, bias=to_out_bias)
