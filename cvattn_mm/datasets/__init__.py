@@ -1,4 +1,6 @@
 """Synthetic data sets in the upstream formats, for the quickstart (design.md section 6)."""
 from .generate import TASKS, generate_dataset
+from .quickstart import QUICKSTART_DATA, SCOPE_TASKS, ensure_quickstart_data
 
-__all__ = ['generate_dataset', 'TASKS']
+__all__ = ['generate_dataset', 'TASKS', 'QUICKSTART_DATA', 'SCOPE_TASKS',
+           'ensure_quickstart_data']

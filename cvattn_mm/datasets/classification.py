@@ -4,8 +4,8 @@ Each image shows one large central object, a disc or a triangle (of equal areas 
 a random colour and rotation on a random gradient, and a small marker in a random corner. The
 shape alone leaves two classes, and only the marker's colour (red or blue) tells them apart:
 ``disc_blue_marker``, ``disc_red_marker``, ``triangle_blue_marker``, ``triangle_red_marker``.
-Object colours keep away from the marker colours, and the marker's corner varies, so no single
-pixel decides the class.
+Object and background colours keep away from the marker colours, and the marker's corner
+varies, so no single pixel decides the class.
 
 Written as mmpretrain's ``CustomDataset`` folder layout: ``<split>/<class_name>/<index>.png``.
 """
@@ -53,8 +53,8 @@ def sample_scene(rng: np.random.Generator, label: int, image_size: int) -> dict:
     """
     shape, marker = CLASSES[label].split('_')[:2]
     size = image_size
-    background = [random_colour(rng) for _ in range(2)]
     markers = [np.array(c) for c in MARKERS.values()]
+    background = [random_colour(rng, avoid=markers, min_distance=90.0) for _ in range(2)]
     colour = random_colour(rng, avoid=background + markers, min_distance=90.0)
     # Equal-area size ranges: the circumscribed diameter of a triangle is
     # sqrt(4 pi / (3 sqrt(3))) times the diameter of a disc of the same area.
@@ -70,7 +70,7 @@ def sample_scene(rng: np.random.Generator, label: int, image_size: int) -> dict:
         diameter=float(diameter),
         angle=float(rng.uniform(0, 2 * np.pi)),
         corner=int(rng.integers(4)),
-        marker_size=float(rng.uniform(0.11, 0.15) * size),
+        marker_size=float(rng.uniform(0.14, 0.19) * size),
         marker_jitter=rng.normal(0.0, 12.0, size=3).tolist(),
         noise_seed=int(rng.integers(2**31)))
 

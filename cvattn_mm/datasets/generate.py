@@ -21,7 +21,7 @@ from .drawing import SPLITS
 TASKS = dict(classification=classification, detection=detection, segmentation=segmentation)
 MANIFEST = 'manifest.json'
 # Raise when a change of the drawing code changes the files of the same arguments.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def generate_dataset(task: str,
