@@ -1,0 +1,212 @@
+"""The gates and attention weights of the attention modules, recomputed from their input.
+
+Each function takes a module and its input ``x`` (N, C, H, W) and returns what the module's
+forward multiplies ``x`` by (gates, broadcastable to ``x``) or averages over (softmax
+weights), computed with the module's own sub-modules, parameters and helpers. Where a module
+has no helper that returns its gate, the function repeats the lines of its forward that
+compute it; ``tests/visualization/test_maps.py`` checks that the gates reproduce every
+module's output. Call them in eval mode under ``torch.no_grad()``
+(:func:`cvattn_mm.visualization.maps.extract_maps` does).
+"""
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..attention.channel.context_pooling import attention_pool, attention_weights
+from ..attention.channel.gc import _transform
+from ..attention.channel_spatial.triplet_attention import _z_pool
+from ..attention.norm import norm_any_batch
+
+
+def se_gate(module, x: torch.Tensor) -> torch.Tensor:
+    """SE's gate ``(N, C, 1, 1)``: ``y = x * gate``."""
+    return module.gate(module.fc2(module.act(module.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+def eca_gate(module, x: torch.Tensor) -> torch.Tensor:
+    """ECA's gate ``(N, C, 1, 1)``: ``y = x * gate``."""
+    gate = torch.sigmoid(module.conv(x.mean((2, 3)).unsqueeze(1)))  # (N, 1, C)
+    return gate.transpose(1, 2).unsqueeze(-1)
+
+
+def gc_parts(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """GC's parts: ``y = x * mul_gate + add`` (each present when its fusion is).
+
+    Returns:
+        dict: ``weights`` (N, 1, H * W), the attention pooling's softmax ('att' pooling
+        only); ``mul_gate`` (N, C, 1, 1); ``add`` (N, C, 1, 1).
+    """
+    parts = {}
+    if module.conv_mask is not None:
+        parts['weights'] = attention_weights(x, module.conv_mask)
+        context = attention_pool(x, module.conv_mask)
+    else:
+        context = x.mean((2, 3))
+    if module.channel_mul_conv is not None:
+        parts['mul_gate'] = torch.sigmoid(_transform(module.channel_mul_conv, context))
+    if module.channel_add_conv is not None:
+        parts['add'] = _transform(module.channel_add_conv, context)
+    return parts
+
+
+def simplified_non_local_weights(module, x: torch.Tensor) -> torch.Tensor:
+    """SimplifiedNonLocal's pooling weights ``(N, 1, H * W)`` (softmax over positions)."""
+    return attention_weights(x, module.conv_mask)
+
+
+def cbam_gates(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """CBAM's gates: ``y = x * channel * spatial`` (each present when it is used).
+
+    Returns:
+        dict: ``channel`` (N, C, 1, 1); ``spatial`` (N, 1, H, W), computed on ``x * channel``.
+    """
+    gates = {}
+    if module.use_channel:
+        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], 3)
+        gates['channel'] = torch.sigmoid(
+            module.fc2(module.act(module.fc1(pooled))).sum(3, keepdim=True))
+        x = x * gates['channel']
+    if module.use_spatial:
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
+        gates['spatial'] = torch.sigmoid(
+            norm_any_batch(module.spatial_norm, module.spatial_conv(pooled)))
+    return gates
+
+
+def bam_logits(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """BAM's branch logits ``Mc`` (N, C, 1, 1) and ``Ms`` (N, 1, H, W).
+
+    ``y = x * (1 + sigmoid(Mc + Ms))`` (fusion 'add') or ``x * (1 + sigmoid(Mc * Ms))``
+    ('mul').
+    """
+    mc = module.channel_fc1(x.mean((2, 3), keepdim=True))
+    mc = module.channel_fc2(module.channel_act(norm_any_batch(module.channel_norm, mc)))
+    ms = x
+    for conv, norm, act in zip(module.spatial_convs, module.spatial_norms, module.spatial_acts,
+                               strict=True):
+        ms = act(norm_any_batch(norm, conv(ms)))
+    return mc, module.spatial_out(ms)
+
+
+def scse_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SCSE's cSE gate ``g_c`` (N, C, 1, 1) and sSE gate ``g_s`` (N, 1, H, W).
+
+    ``y = max(x * g_c, x * g_s)``, ``x * (g_c + g_s)`` or ``x * g_c * g_s`` by combination.
+    """
+    g_c = torch.sigmoid(module.fc2(module.act(module.fc1(x.mean((2, 3), keepdim=True)))))
+    return g_c, torch.sigmoid(module.spatial_conv(x))
+
+
+def coord_attention_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CoordAttention's gates ``a_h`` (N, C, H, 1) and ``a_w`` (N, C, 1, W): ``y = x a_h a_w``."""
+    h, w = x.shape[2:]
+    z = torch.cat((x.mean(3), x.mean(2)), dim=2).unsqueeze(3)
+    f_h, f_w = module.act(module.bn1(module.conv1(z))).split((h, w), dim=2)
+    return module.gate(module.conv_h(f_h)), module.gate(module.conv_w(f_w.transpose(2, 3)))
+
+
+def triplet_gates(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """TripletAttention's branch gates; ``y = x * mean of the gates``.
+
+    Returns:
+        dict: ``cw`` (N, C, 1, W), pooled over H; ``hc`` (N, C, H, 1), pooled over W;
+        ``hw`` (N, 1, H, W), pooled over C (absent with ``no_spatial``).
+    """
+    gates = {'cw': torch.sigmoid(module.bn_cw(module.conv_cw(_z_pool(x, 2)))).transpose(1, 2)}
+    weight = module.conv_hc.weight.transpose(2, 3)
+    z_hc = F.conv2d(_z_pool(x, 3), weight, padding=module.kernel_size // 2)
+    gates['hc'] = torch.sigmoid(module.bn_hc(z_hc)).permute(0, 2, 3, 1)
+    if not module.no_spatial:
+        gates['hw'] = torch.sigmoid(module.bn_hw(module.conv_hw(_z_pool(x, 1))))
+    return gates
+
+
+def simam_gate(module, x: torch.Tensor) -> torch.Tensor:
+    """SimAM's gate ``(N, C, H, W)`` from the inverse minimal energy: ``y = x * gate``."""
+    hw = x.shape[2] * x.shape[3]
+    d = (x - x.mean((2, 3), keepdim=True)).square()
+    scale = 4 * hw / (hw - 1 + 1 // hw)
+    inv = 1 / (d.mean((2, 3), keepdim=True) * scale + 4 * module.e_lambda)
+    return torch.sigmoid(d * inv + 0.5)
+
+
+def scsa_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SCSA's gates: SMSA's ``a_h`` (N, C, H, 1), ``a_w`` (N, C, 1, W) and PCSA's channel
+    gate ``a_c`` (N, C, 1, 1), computed on ``x * a_h * a_w``: ``y = x * a_h * a_w * a_c``."""
+    n, c, h, _ = x.shape
+    pad = module.pad
+    seq = torch.cat((F.pad(x.mean(3), (0, pad)), x.mean(2)), dim=2)
+    kernel = F.pad(module.smsa_weight, (1, 0))[module.smsa_index].unsqueeze(1)
+    s = F.conv1d(seq, kernel, module.smsa_bias, padding=pad, groups=c)
+    a_h = module._gate(module.norm_h(s[..., :h]), -1).unsqueeze(3)
+    a_w = module._gate(module.norm_w(s[..., h + pad:]), -1).unsqueeze(2)
+    y = module.norm(module._down_sample(x * a_h * a_w)).flatten(2)
+    qkv = y.unsqueeze(1) * module.qkv_weight[:, :, None]
+    if module.qkv_bias is not None:
+        qkv = qkv + module.qkv_bias[:, :, None]
+    q, k, v = qkv.reshape(n, 3, module.head_num, module.head_dim, -1).unbind(1)
+    a_c = F.scaled_dot_product_attention(q, k, v, scale=module.scale)
+    return a_h, a_w, module._gate(a_c.mean(3).reshape(n, c, 1, 1), 1)
+
+
+def non_local_attention(module, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """NonLocalBlock's pairwise weights ``f(x_i, x_j) / C(x)`` and the key grid.
+
+    Returns:
+        tuple: weights ``(N, H * W, H_k * W_k)`` (rows sum to 1 in the softmax modes
+        'embedded_gaussian' and 'gaussian') and ``(H_k, W_k)``; ``y = weights @ g``.
+    """
+    _, _, h, w = x.shape
+    d = module.inter_channels
+    tokens = x.flatten(2).transpose(1, 2)
+    emb = module.theta_phi_g(x).flatten(2).transpose(1, 2)
+    if module.mode == 'gaussian':
+        theta, phi = tokens, module._pool(tokens, h, w)
+    else:
+        theta, phi = emb[..., :d], module._pool(emb[..., d:2 * d], h, w)
+    keys = ((h + 1) // 2, (w + 1) // 2) if module.sub_sample else (h, w)
+    if module.mode in ('embedded_gaussian', 'gaussian'):
+        return torch.bmm(theta, phi.transpose(1, 2)).softmax(-1), keys
+    if module.mode == 'dot_product':
+        return torch.bmm(theta, phi.transpose(1, 2)) / phi.shape[1], keys
+    w_theta, w_phi = module.concat_project.weight.view(2, d, 1).unbind(0)
+    scores = torch.matmul(theta, w_theta) + torch.matmul(phi, w_phi).transpose(1, 2)
+    return F.relu(scores) / phi.shape[1], keys
+
+
+def pooled_self_attention(module, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """PooledSelfAttention's softmax weights ``(N, L, L)`` over the ``L = H_p * W_p`` pooled
+    positions, and ``(H_p, W_p)``; ``o = weights @ v``."""
+    d = module.key_channels
+    p = x if module.ds == 1 else F.avg_pool2d(x, module.ds, module.ds, ceil_mode=True,
+                                              count_include_pad=False)
+    qkv = module.qkv(p).flatten(2).transpose(1, 2)
+    q, k = qkv[..., :d], qkv[..., d:2 * d]
+    return torch.bmm(q, k.transpose(1, 2)).mul(d**-0.5).softmax(-1), tuple(p.shape[2:])
+
+
+def external_attention_softmax(module, x: torch.Tensor) -> torch.Tensor:
+    """ExternalAttention's softmax over positions ``(N, S, H * W)``, before the forward
+    divides it by its sum over the S memory slots."""
+    n, c, h, w = x.shape
+    return module.memory_key(module.conv1(x).reshape(n, c, h * w)).float().softmax(-1)
+
+
+def multi_head_external_attention_softmax(module, x: torch.Tensor) -> torch.Tensor:
+    """MultiHeadExternalAttention's softmax over positions ``(N, H', S, H * W)`` (H' heads),
+    before the forward divides it by its sum over the S memory slots."""
+    n, _, h, w = x.shape
+    e = F.conv2d(x, module.trans_dims.weight[:, :, None, None], module.trans_dims.bias)
+    e = e.reshape(n * module.total_heads, module.head_dim, h * w)
+    attn = F.conv1d(e, module.memory_key.weight[:, :, None], module.memory_key.bias)
+    return attn.float().softmax(-1).reshape(n, module.total_heads, -1, h * w)
+
+
+def sk_weights(module, x: torch.Tensor) -> torch.Tensor:
+    """SK's branch selection weights ``(N, M, C)`` (softmax over the M branches):
+    ``y = sum_i weights[:, i] * branch_i(x)``."""
+    n, c = x.shape[:2]
+    s = sum(branch(x).mean((2, 3), keepdim=True) for branch in module.branches)
+    z = module.fc_act(norm_any_batch(module.fc_norm, module.fc_reduce(s)))
+    return module.fc_select(z).reshape(n, module.num_branches, c).softmax(1)
