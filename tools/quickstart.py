@@ -1,51 +1,117 @@
-"""Smoke job of the README's main command (until the full quickstart lands).
+"""Quickstart: train a baseline and an attention model on generated data, compare, visualise.
 
-Builds mmpretrain's ResNet-50 from a config, inserts SE and CBAM at their paper positions with
-``InsertAttention``, runs a forward pass, and prints parameters, insertion points and timing.
+    python tools/quickstart.py [--task classification|detection|segmentation|all]
+        [--data-root data/quickstart] [--work-dir work_dirs/quickstart]
+
+Per task: generates the data set into ``<data-root>/<task>`` unless it is there already,
+trains the task's two quickstart configs (``configs/quickstart/``: ResNet-18 plain and with
+attention inserted by ``InsertAttention``) on this machine's CPU, tests both, prints a table
+(the task's metric, parameters, training time, inference time) and draws the attention
+model's maps on a few validation images. Everything is written under ``--work-dir``.
 """
+import argparse
+import os
+import os.path as osp
+import sys
 import time
 
 import torch
-from mmengine.registry import DefaultScope
+from mmengine.config import DictAction
 
 import cvattn_mm  # noqa: F401  (registers the modules)
-from cvattn_mm.registry import MODELS
+from cvattn_mm.analysis.runs import format_table, load_config, set_data_root, train_and_evaluate
+from cvattn_mm.datasets import ensure_quickstart_data
+from cvattn_mm.visualization import visualize_config_model
+from cvattn_mm.visualization.visualize import find_images
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = osp.join(ROOT, 'configs', 'quickstart')
+# task: (baseline config, attention config, model names)
+TASKS = {
+    'classification': ('cls_resnet18.py', 'cls_resnet18-cbam.py',
+                       ('ResNet-18', 'ResNet-18 + CBAM')),
+    'detection': ('det_retinanet_r18.py', 'det_retinanet_r18-gc.py',
+                  ('RetinaNet R-18', 'RetinaNet R-18 + GC')),
+    'segmentation': ('seg_pspnet_r18.py', 'seg_pspnet_r18-cbam.py',
+                     ('PSPNet R-18', 'PSPNet R-18 + CBAM')),
+}
+# the folder of each task's generated validation images
+VAL_IMAGES = dict(classification='val', detection='val', segmentation='img_dir/val')
 
 
-def count(model):
-    return sum(p.numel() for p in model.parameters())
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--task', choices=[*TASKS, 'all'], default='classification')
+    parser.add_argument('--data-root', default='data/quickstart',
+                        help='generated data sets go to <data-root>/<task>')
+    parser.add_argument('--work-dir', default='work_dirs/quickstart')
+    parser.add_argument('--num-maps', type=int, default=4,
+                        help='validation images whose attention maps are drawn')
+    parser.add_argument('--num-train', type=int, help='training images (default: per task)')
+    parser.add_argument('--num-val', type=int, help='validation images (default: per task)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of every config, key=value')
+    return parser.parse_args(argv)
 
 
-def main():
-    torch.manual_seed(0)
-    backbone = dict(type='mmpretrain.ResNet', depth=50, out_indices=(3, ))
-    x = torch.randn(2, 3, 224, 224)
-    with DefaultScope.overwrite_default_scope('mmpretrain'):
-        plain = MODELS.build(backbone)
-        plain.eval()
-        with torch.no_grad():
-            ref = plain(x)[-1]
-        print(f'{"model":32s} {"params":>10s} {"sites":>6s} {"forward (s)":>12s}  output')
-        print(f'{"ResNet-50":32s} {count(plain) / 1e6:9.2f}M {0:6d} {"":12s}  '
-              f'{tuple(ref.shape)}')
-        for attention in ('SE', 'CBAM'):
-            for identity_init in (False, True):
-                model = MODELS.build(dict(
-                    type='InsertAttention', module=backbone,
-                    insertions=[dict(attention=dict(type=attention), at='paper',
-                                     identity_init=identity_init)]))
-                model.eval()
-                if identity_init:
-                    model.load_state_dict(plain.state_dict(), strict=False)
-                start = time.perf_counter()
-                with torch.no_grad():
-                    out = model(x)[-1]
-                seconds = time.perf_counter() - start
-                name = f'ResNet-50 + {attention}' + (' (identity init)' if identity_init else '')
-                same = ' == plain' if identity_init and torch.equal(out, ref) else ''
-                print(f'{name:32s} {count(model) / 1e6:9.2f}M {len(model.attention_sites):6d} '
-                      f'{seconds:12.3f}  {tuple(out.shape)}{same}')
+def run_task(task: str, args) -> str:
+    baseline, attention, names = TASKS[task]
+    data_root = osp.abspath(osp.join(args.data_root, task))
+    start = time.perf_counter()
+    sizes = {k: v for k, v in dict(num_train=args.num_train, num_val=args.num_val).items()
+             if v is not None}
+    data = ensure_quickstart_data(task, data_root, **sizes)
+    state = f'generated in {time.perf_counter() - start:.0f} s' if data['written'] else 'found'
+    print(f'\n== {task}: data {data_root} ({data["num_train"]} train, {data["num_val"]} val '
+          f'images of {data["image_size"]}x{data["image_size"]}, {state})', flush=True)
+    results = []
+    for config, name in zip((baseline, attention), names):
+        cfg = load_config(osp.join(CONFIGS, config), args.cfg_options)
+        set_data_root(cfg, data_root)
+        work_dir = osp.join(args.work_dir, task, osp.splitext(config)[0])
+        result = train_and_evaluate(cfg, work_dir, name)
+        results.append(result)
+        print(f'{name}: {result.metric_name} {result.metric:.2f} after '
+              f'{result.train_seconds:.0f} s of training', flush=True)
+    table = format_table(results)
+    images = find_images(osp.join(data_root, VAL_IMAGES[task]), args.num_maps)
+    model = load_trained_model(osp.join(CONFIGS, attention), results[-1].work_dir,
+                               args.cfg_options)
+    pictures = visualize_config_model(model, images, osp.join(args.work_dir, task, 'maps'),
+                                      max_sites=6)
+    with open(osp.join(args.work_dir, task, 'results.md'), 'w') as f:
+        f.write(f'# Quickstart, {task}\n\n{table}\n')
+    return f'{task}\n\n{table}\n\nattention maps of {names[1]}:\n' + '\n'.join(
+        f'  {p}' for p in pictures)
+
+
+def load_trained_model(config: str, work_dir: str, cfg_options=None):
+    """The model of ``config`` with the weights of the last checkpoint in ``work_dir``."""
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import load_checkpoint
+
+    from cvattn_mm.registry import MODELS
+
+    cfg = load_config(config, cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    model = MODELS.build(cfg.model)
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        load_checkpoint(model, f.read().strip(), map_location='cpu', logger='silent')
+    return model.eval()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tasks = list(TASKS) if args.task == 'all' else [args.task]
+    print(f'cvattn_mm quickstart: {", ".join(tasks)} on {torch.get_num_threads()} CPU threads; '
+          f'writing to {osp.abspath(args.work_dir)}', flush=True)
+    os.makedirs(args.work_dir, exist_ok=True)
+    start = time.perf_counter()
+    reports = [run_task(task, args) for task in tasks]
+    print('\n' + '\n\n'.join(reports))
+    print(f'\nquickstart finished in {time.perf_counter() - start:.0f} s')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

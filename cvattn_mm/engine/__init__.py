@@ -1,4 +1,5 @@
 """Training-loop pieces registered in mmengine's root registries."""
 from .cpu_bf16_optim_wrapper import CPUBF16OptimWrapper
+from .progress_bar_hook import ProgressBarHook
 
-__all__ = ['CPUBF16OptimWrapper']
+__all__ = ['CPUBF16OptimWrapper', 'ProgressBarHook']

@@ -1,0 +1,4 @@
+# Quickstart, classification: cls_resnet18.py with CBAM on every residual branch, after its
+# last norm (the CBAM paper's position).
+_base_ = ['./cls_resnet18.py']
+model = dict(backbone=dict(insertions=[dict(attention=dict(type='CBAM'), at='paper')]))

@@ -1,0 +1,64 @@
+# Quickstart, classification: ResNet-18 (mmpretrain's model, from scratch) on the generated
+# 64x64 marker data set (4 classes: the object's shape and the colour of a small marker in a
+# corner). The backbone is wrapped by InsertAttention with no insertion: the baseline.
+# `python tools/quickstart.py` generates the data into data_root and trains this config and
+# cls_resnet18-cbam.py; tools/train.py works on it once the data exists.
+_base_ = [
+    'mmpretrain::_base_/models/resnet18.py', 'mmpretrain::_base_/default_runtime.py'
+]
+custom_imports = dict(imports=['cvattn_mm'], allow_failed_imports=False)
+
+data_root = 'data/quickstart/classification'
+classes = ('disc_blue_marker', 'disc_red_marker', 'triangle_blue_marker',
+           'triangle_red_marker')
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='InsertAttention',
+        module={{_base_.model.backbone}},
+        insertions=[]),
+    head=dict(num_classes=len(classes), topk=(1, )))
+
+data_preprocessor = dict(
+    num_classes=len(classes), mean=[127.5] * 3, std=[64.0] * 3, to_rgb=True)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+train_dataloader = dict(
+    batch_size=32,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(type='CustomDataset', data_root=data_root, data_prefix='train',
+                 with_label=True, metainfo=dict(classes=classes), pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=64,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='CustomDataset', data_root=data_root, data_prefix='val',
+                 with_label=True, metainfo=dict(classes=classes), pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+test_evaluator = val_evaluator
+
+max_epochs = 8
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=max_epochs - 1, by_epoch=True, begin=1,
+         end=max_epochs, convert_to_iter_based=True),
+]
+train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
+val_cfg = dict()
+test_cfg = dict()
+
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=5),
+    checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1))
+randomness = dict(seed=0, deterministic=False)

@@ -1,0 +1,4 @@
+# Quickstart, segmentation: seg_pspnet_r18.py with CBAM on every residual branch, after its
+# last norm (the CBAM paper's position).
+_base_ = ['./seg_pspnet_r18.py']
+model = dict(backbone=dict(insertions=[dict(attention=dict(type='CBAM'), at='paper')]))

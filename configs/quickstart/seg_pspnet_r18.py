@@ -1,0 +1,76 @@
+# Quickstart, segmentation: PSPNet R-18-D8 (mmseg's model, from scratch) on the generated
+# 128x128 band scenes (background and 2 object classes: an object's class is the kind of band
+# it lies on, hatched or plain, so only its surroundings tell). The backbone is wrapped by
+# InsertAttention with no insertion: the baseline. `python tools/quickstart.py --task
+# segmentation` generates the data into data_root and trains this config and
+# seg_pspnet_r18-cbam.py.
+_base_ = ['mmseg::pspnet/pspnet_r18-d8_4xb2-80k_cityscapes-512x1024.py']
+custom_imports = dict(imports=['cvattn_mm'], allow_failed_imports=False)
+
+data_root = 'data/quickstart/segmentation'
+metainfo = dict(classes=('background', 'object_on_hatched', 'object_on_plain'),
+                palette=[(0, 0, 0), (230, 120, 30), (30, 150, 230)])
+image_size = (128, 128)
+norm_cfg = dict(type='BN', requires_grad=True)  # one CPU process: no SyncBN
+
+model = dict(
+    data_preprocessor=dict(size=image_size, mean=[127.5] * 3, std=[64.0] * 3),
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='InsertAttention',
+        module=dict(type='ResNetV1c', depth=18, num_stages=4, out_indices=(0, 1, 2, 3),
+                    dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), norm_cfg=norm_cfg,
+                    norm_eval=False, style='pytorch', contract_dilation=True),
+        insertions=[]),
+    decode_head=dict(num_classes=len(metainfo['classes']), norm_cfg=norm_cfg),
+    auxiliary_head=dict(num_classes=len(metainfo['classes']), norm_cfg=norm_cfg))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo,
+               img_suffix='.png', seg_map_suffix='.png', reduce_zero_label=False)
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(**dataset, pipeline=train_pipeline,
+                 data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train')))
+val_dataloader = dict(
+    batch_size=8,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(**dataset, pipeline=test_pipeline,
+                 data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val')))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+max_iters = 300
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=30),
+    dict(type='CosineAnnealingLR', T_max=max_iters, by_epoch=False, begin=0,
+         end=max_iters),
+]
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=10),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
+                    max_keep_ckpts=1))
+env_cfg = dict(cudnn_benchmark=False)
+randomness = dict(seed=0, deterministic=False)

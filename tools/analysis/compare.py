@@ -1,0 +1,63 @@
+"""Train a baseline and several attention modules on one config and seed; table and plot.
+
+    python tools/analysis/compare.py [CONFIG] [--modules SE ECA CBAM SimAM] [--seed 0]
+        [--data-root DIR] [--work-dir work_dirs/compare] [--cfg-options k=v ...]
+
+CONFIG (default: the classification quickstart, configs/quickstart/cls_resnet18.py) must wrap
+its backbone in InsertAttention; each module goes to its paper's position. A quickstart
+config's data set is generated when its folder is missing. Writes compare.md (the table),
+compare.json and compare.png (the metric against parameters and against inference time) to
+--work-dir.
+"""
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+import cvattn_mm  # noqa: F401  (registers the modules)
+from cvattn_mm.analysis.compare import compare_modules, write_comparison
+from cvattn_mm.analysis.runs import format_table, load_config, set_data_root
+from cvattn_mm.attention.catalog import attention_classes
+from cvattn_mm.datasets import SCOPE_TASKS, ensure_quickstart_data
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'quickstart', 'cls_resnet18.py')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG,
+                        help='config with an InsertAttention backbone (default: %(default)s)')
+    parser.add_argument('--modules', nargs='+', default=['SE', 'ECA', 'CBAM', 'SimAM'],
+                        help='attention modules to compare (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of every run')
+    parser.add_argument('--data-root', help="the data set's folder (default: the config's)")
+    parser.add_argument('--work-dir', default='work_dirs/compare')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings of every run, key=value')
+    args = parser.parse_args(argv)
+    known = sorted(attention_classes())
+    unknown = [m for m in args.modules if m not in known]
+    if unknown:
+        parser.error(f'unknown modules {unknown}; registered: {", ".join(known)}')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    if args.data_root:
+        set_data_root(cfg, osp.abspath(args.data_root))
+    quickstart = osp.dirname(osp.abspath(args.config)) == osp.dirname(DEFAULT_CONFIG)
+    if quickstart and not osp.isdir(cfg.data_root):
+        ensure_quickstart_data(SCOPE_TASKS[cfg.default_scope], cfg.data_root)
+    results = compare_modules(cfg, args.modules, args.work_dir, seed=args.seed)
+    paths = write_comparison(results, args.work_dir)
+    print(format_table(results))
+    print('\n'.join(f'wrote {path}' for path in paths.values()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
