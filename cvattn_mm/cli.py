@@ -35,7 +35,23 @@ def print_insertions(args) -> None:
     print(format_rows(insertion_rows(model), sum(p.numel() for p in model.parameters())))
 
 
+def benchmark(args) -> None:
+    from .analysis.benchmark_command import check_arguments, run
+
+    check_arguments(args.parser, args)
+    run(args)
+
+
+def visualize(args) -> None:
+    from .visualization.command import run
+
+    run(args)
+
+
 def main(argv=None) -> int:
+    from .analysis.benchmark_command import add_arguments as add_benchmark_arguments
+    from .visualization.command import add_arguments as add_visualize_arguments
+
     parser = argparse.ArgumentParser(prog='cvattn-mm', description=__doc__)
     commands = parser.add_subparsers(dest='command', required=True)
     p = commands.add_parser('list', help='list the attention modules and their metadata')
@@ -45,6 +61,14 @@ def main(argv=None) -> int:
     p.add_argument('config')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='key=value overrides')
     p.set_defaults(run=print_insertions)
+    p = commands.add_parser('benchmark', help='time the modules side by side with public '
+                            'implementations (= tools/analysis/benchmark.py)')
+    add_benchmark_arguments(p)
+    p.set_defaults(run=benchmark, parser=p)
+    p = commands.add_parser('visualize', help="draw the attention maps of a config's model on "
+                            'images (= tools/visualize_attention.py)')
+    add_visualize_arguments(p)
+    p.set_defaults(run=visualize)
     args = parser.parse_args(argv)
     args.run(args)
     return 0

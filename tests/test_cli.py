@@ -1,0 +1,45 @@
+"""The ``cvattn-mm`` console command's benchmark and visualize sub-commands, in process."""
+import pytest
+import torch
+
+from cvattn_mm.cli import main
+from cvattn_mm.datasets import generate_dataset
+
+from .visualization.test_visualize_tool import CONFIG
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_writes_the_tables(tmp_path, capsys):
+    main(['benchmark', '--modules', 'SE', 'ECA', '--shapes', '2x16x5x7', '--repeats', '2',
+          '--warmup', '1', '--no-peers', '--no-models', '--out-dir', str(tmp_path)])
+    text = (tmp_path / 'benchmark.md').read_text()
+    assert '| SE | 2x16x5x7 |' in text and '| ECA | 2x16x5x7 |' in text
+    assert text in capsys.readouterr().out
+    assert (tmp_path / 'benchmark.json').is_file() and (tmp_path / 'benchmark.png').is_file()
+
+
+def test_benchmark_lists_the_modules_when_one_is_unknown(capsys):
+    with pytest.raises(SystemExit):
+        main(['benchmark', '--modules', 'SEE'])
+    assert "unknown modules ['SEE']; registered: BAM, CBAM" in capsys.readouterr().err
+
+
+def test_visualize_draws_one_png_per_image(tmp_path):
+    config = tmp_path / 'tiny.py'
+    config.write_text(CONFIG.format(insertion=dict(attention=dict(type='CBAM', reduction=4),
+                                                   at='paper')))
+    data = generate_dataset('classification', str(tmp_path / 'data'), num_train=4, num_val=4,
+                            image_size=64, seed=0)
+    out = tmp_path / 'maps'
+    main(['visualize', str(config), '--image-dir', f'{data["data_root"]}/val', '--num-images',
+          '2', '--out-dir', str(out)])
+    pictures = sorted(out.glob('*.png'))
+    assert len(pictures) == 2
+    assert all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pictures)
