@@ -306,8 +306,13 @@ def _dat_incomparable(ours, shape):
     r = ours.downsample_factor
     h, w = shape[2:]
     if h % r or w % r:
+        ours_keys, theirs_keys = -(-h // r) * -(-w // r), max(h // r, 1) * max(w // r, 1)
+        equal = (-(-h // r) * r, -(-w // r) * r)
         return (f'{h}x{w} is not a multiple of downsample_factor={r}: lucidrains floors the key '
-                f'grid ({h // r}x{w // r} keys), ours ceils ({-(-h // r)}x{-(-w // r)})')
+                f'grid ({h // r}x{w // r} keys), ours ceils ({-(-h // r)}x{-(-w // r)}), so ours '
+                f'attends to {ours_keys / theirs_keys:.2f}x the keys and its position-bias MLP '
+                f'(most of the FLOPs) does {ours_keys / theirs_keys:.2f}x the work: the ratio is '
+                f'not of equal work; {equal[0]}x{equal[1]} gives both {ours_keys} keys')
     return None
 
 

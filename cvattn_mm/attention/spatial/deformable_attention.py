@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
+from torch.utils.checkpoint import checkpoint
 
 from ...registry import register_model
 from ..base import AttentionModule
@@ -168,12 +169,68 @@ class DeformableAttention2D(AttentionModule):
         return sampled.reshape(n, c, *locations.shape[1:3])
 
     def position_bias(self, locations: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Relative position bias ``(N, heads, H * W, H_k * W_k)`` of queries to the keys."""
+        """Relative position bias ``(N, heads, H * W, H_k * W_k)`` of queries to the keys.
+
+        The MLP's input ``f(d) = sign(d) log(1 + |d|)`` acts per coordinate and the queries lie
+        on a grid, so the first layer ``W f(d) + b`` is ``W_x f(q_x - k_x) + (W_y f(q_y - k_y)
+        + b)``: a per-(column, key) plus a per-(row, key) term, broadcast to (row, column, key)
+        without materialising the (query, key, 2) displacements. See :meth:`_bias_mlp` for the
+        chunking over query rows.
+        """
+        first = self.rel_pos_bias[0]
+        dtype = first.weight.dtype
         queries = reference_points(h, w, locations.dtype, locations.device)
-        d = queries.reshape(1, h * w, 1, 2) - locations.reshape(locations.shape[0], 1, -1, 2)
-        d = (d.sign() * torch.log1p(d.abs())).to(self.rel_pos_bias[0].weight.dtype)
-        bias = self.rel_pos_bias(d)  # (N * G, HW, Nk, heads / G)
-        return bias.permute(0, 3, 1, 2).reshape(-1, self.heads, h * w, d.shape[2])
+        keys = locations.flatten(1, 2)  # (N * G, Nk, 2)
+        terms = []
+        for i, q in enumerate((queries[0, :, 0], queries[:, 0, 1])):  # column x, row y
+            d = q[None, :, None] - keys[:, None, :, i]  # (N * G, W or H, Nk)
+            d = (d.sign() * torch.log1p(d.abs())).to(dtype)
+            terms.append(d[..., None] * first.weight[:, i])  # (N * G, W or H, Nk, D)
+        column, row = terms
+        if first.bias is not None:
+            row = row + first.bias
+        bias = self._bias_mlp(row, column)  # (N * G, H, W, Nk, heads / G)
+        return bias.permute(0, 4, 1, 2, 3).reshape(-1, self.heads, h * w, keys.shape[1])
+
+    #: Bytes of hidden MLP activations above which the position-bias MLP is checkpointed.
+    checkpoint_bytes = 2**30
+    #: Bytes of hidden activations per chunk of query rows (see :meth:`_bias_mlp`).
+    chunk_bytes = 2**24
+
+    def _bias_mlp(self, row: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+        """The position-bias MLP on the first layer's terms ``row`` (N * G, H, Nk, D) and
+        ``column`` (N * G, W, Nk, D): ``(N * G, H, W, Nk, heads / G)``.
+
+        Its hidden activations, ``H W Nk D`` per group, dwarf everything else in the module.
+        Without autograd, it runs on chunks of query rows of about :attr:`chunk_bytes` each,
+        its ReLUs in place (the same values, in a fraction of the memory). With autograd,
+        when all hidden layers would hold more than :attr:`checkpoint_bytes`, each chunk is
+        checkpointed: its activations are recomputed in the backward instead of being kept
+        (one more forward of the MLP, in a fraction of the memory).
+        """
+        layer_bytes = row.shape[0] * row.shape[1] * column[0].numel() * row.element_size()
+        hidden_bytes = layer_bytes * (len(self.rel_pos_bias) - 1) // 2
+        grad = torch.is_grad_enabled()
+        if grad and hidden_bytes <= self.checkpoint_bytes:
+            return self._bias_rows(row, column)
+        rows = max(1, row.shape[1] * self.chunk_bytes // layer_bytes)
+        chunks = []
+        for part in row.split(rows, 1):
+            if grad:
+                part = checkpoint(self._bias_rows, part, column, use_reentrant=False)
+            else:
+                part = self._bias_rows(part, column)
+            chunks.append(part)
+        return torch.cat(chunks, 1)
+
+    def _bias_rows(self, row: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+        # The first layer and its ReLU, in place: the backward does not need the sum.
+        hidden = torch.relu_(row[:, :, None] + column[:, None])
+        # With autograd, the (N-d) linear outputs are views: in place would copy them back.
+        inplace = not torch.is_grad_enabled()
+        for layer in self.rel_pos_bias[2:]:
+            hidden = F.relu(hidden, inplace) if isinstance(layer, nn.ReLU) else layer(hidden)
+        return hidden
 
     def _qkv_bias(self, x):
         n, _, h, w = x.shape
