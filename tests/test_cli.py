@@ -1,19 +1,12 @@
 """The ``cvattn-mm`` console command's benchmark and visualize sub-commands, in process."""
 import pytest
-import torch
 
 from cvattn_mm.cli import main
 from cvattn_mm.datasets import generate_dataset
 
 from .visualization.test_visualize_tool import CONFIG
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def test_benchmark_writes_the_tables(tmp_path, capsys):

@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-import torch
 from mmengine.config import Config
 
 from cvattn_mm.datasets import generate_dataset
@@ -17,12 +16,7 @@ TINY = ['--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=
         'test_dataloader.persistent_workers=False']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def table_rows(output: str) -> dict:

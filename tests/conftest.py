@@ -1,0 +1,13 @@
+"""Fixtures shared by the test folders."""
+import pytest
+import torch
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch thread: on a 2-core machine the small models of the tests
+    run faster so, a second thread mostly waiting for the first."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
