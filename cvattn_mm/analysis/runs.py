@@ -100,7 +100,7 @@ def attention_parameters(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def test_step_latency_ms(model, data_batch: dict, repeats: int = 5) -> float:
+def inference_latency_ms(model, data_batch: dict, repeats: int = 5) -> float:
     """Median time of ``model.test_step(data_batch)`` per image, in milliseconds."""
     model.eval()
     model.test_step(data_batch)  # warm-up
@@ -149,7 +149,7 @@ def train_and_evaluate(cfg: Config, work_dir: str, name: str, progress: bool = T
     if scope == 'mmdet':
         metric *= 100  # COCO mAP in [0, 1]; shown in percent like the others
     model = runner.model
-    latency = test_step_latency_ms(model, next(iter(runner.test_dataloader)))
+    latency = inference_latency_ms(model, next(iter(runner.test_dataloader)))
     return RunResult(
         name=name, metric_name=metric_name, metric=metric,
         params=sum(p.numel() for p in model.parameters()),
