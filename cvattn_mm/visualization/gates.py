@@ -80,13 +80,7 @@ def bam_logits(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     ``y = x * (1 + sigmoid(Mc + Ms))`` (fusion 'add') or ``x * (1 + sigmoid(Mc * Ms))``
     ('mul').
     """
-    mc = module.channel_fc1(x.mean((2, 3), keepdim=True))
-    mc = module.channel_fc2(module.channel_act(norm_any_batch(module.channel_norm, mc)))
-    ms = x
-    for conv, norm, act in zip(module.spatial_convs, module.spatial_norms, module.spatial_acts,
-                               strict=True):
-        ms = act(norm_any_batch(norm, conv(ms)))
-    return mc, module.spatial_out(ms)
+    return module.branch_logits(x)
 
 
 def scse_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,6 @@
 """Bottleneck Attention Module."""
+from typing import Tuple
+
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
@@ -82,8 +84,8 @@ class BAM(AttentionModule):
             build_activation_layer(act_cfg) for _ in range(num_dilated + 1))
         self.spatial_out = nn.Conv2d(hidden, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+    def branch_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The channel logits ``Mc`` (N, C, 1, 1) and the spatial logits ``Ms`` (N, 1, H, W)."""
         mc = self.channel_fc1(x.mean((2, 3), keepdim=True))
         mc = self.channel_fc2(self.channel_act(norm_any_batch(self.channel_norm, mc)))
         ms = x
@@ -91,7 +93,11 @@ class BAM(AttentionModule):
         for conv, norm, act in zip(self.spatial_convs, self.spatial_norms, self.spatial_acts,
                                    strict=True):
             ms = act(norm_any_batch(norm, conv(ms)))
-        ms = self.spatial_out(ms)
+        return mc, self.spatial_out(ms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        mc, ms = self.branch_logits(x)
         att = mc + ms if self.fusion == 'add' else mc * ms
         return x + x * torch.sigmoid(att)
 
