@@ -21,13 +21,12 @@ from ..attention.norm import norm_any_batch
 
 def se_gate(module, x: torch.Tensor) -> torch.Tensor:
     """SE's gate ``(N, C, 1, 1)``: ``y = x * gate``."""
-    return module.gate(module.fc2(module.act(module.fc1(x.mean((2, 3), keepdim=True)))))
+    return module.channel_gate(x.mean((2, 3), keepdim=True))
 
 
 def eca_gate(module, x: torch.Tensor) -> torch.Tensor:
     """ECA's gate ``(N, C, 1, 1)``: ``y = x * gate``."""
-    gate = torch.sigmoid(module.conv(x.mean((2, 3)).unsqueeze(1)))  # (N, 1, C)
-    return gate.transpose(1, 2).unsqueeze(-1)
+    return module.channel_gate(x.mean((2, 3), keepdim=True))
 
 
 def gc_parts(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -94,10 +93,7 @@ def scse_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def coord_attention_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """CoordAttention's gates ``a_h`` (N, C, H, 1) and ``a_w`` (N, C, 1, W): ``y = x a_h a_w``."""
-    h, w = x.shape[2:]
-    z = torch.cat((x.mean(3), x.mean(2)), dim=2).unsqueeze(3)
-    f_h, f_w = module.act(module.bn1(module.conv1(z))).split((h, w), dim=2)
-    return module.gate(module.conv_h(f_h)), module.gate(module.conv_w(f_w.transpose(2, 3)))
+    return module.gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
 
 
 def triplet_gates(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:

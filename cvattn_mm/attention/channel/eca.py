@@ -7,6 +7,7 @@ import torch.nn as nn
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_odd, check_positive_float
+from ..gating import global_pooled_gate
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -26,7 +27,8 @@ class ECA(AttentionModule):
     it (the released ECA-ResNets use fixed kernels per stage).
     Parameters: ``k``.
 
-    Deviations: none.
+    Deviations: none. The backward is hand-written
+    (:func:`~cvattn_mm.attention.gating.global_pooled_gate`).
 
     Args:
         in_channels (int): Channels C.
@@ -63,9 +65,12 @@ class ECA(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        s = x.mean((2, 3)).unsqueeze(1)  # (N, 1, C): channels are the conv's length axis
-        gate = torch.sigmoid(self.conv(s))  # (N, 1, C)
-        return x * gate.unsqueeze(-1).transpose(1, 2)  # (N, C, 1, 1) view, no copy
+        return global_pooled_gate(x, self.channel_gate, self.parameters())
+
+    def channel_gate(self, s: torch.Tensor) -> torch.Tensor:
+        """The gate (N, C, 1, 1) of the channel means ``s`` (N, C, 1, 1)."""
+        gate = torch.sigmoid(self.conv(s.flatten(1).unsqueeze(1)))  # channels: the conv's length
+        return gate.unsqueeze(-1).transpose(1, 2)  # (N, 1, C) -> (N, C, 1, 1), a view
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, kernel_size={self.kernel_size}'

@@ -1,4 +1,6 @@
 """Coordinate Attention."""
+from typing import Tuple
+
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
@@ -6,6 +8,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import reduced_channels
+from ..gating import axis_pooled_gates
 
 
 @register_model()
@@ -27,7 +30,8 @@ class CoordAttention(AttentionModule):
     (``conv1``, ``bn1``, ``conv_h``, ``conv_w``), so its checkpoints load unchanged.
 
     Deviations: none (``mip = max(8, C // 32)`` is the official rule written with the
-    library's ``reduction`` / ``min_channels`` convention).
+    library's ``reduction`` / ``min_channels`` convention). The backward is hand-written
+    (:func:`~cvattn_mm.attention.gating.axis_pooled_gates`).
 
     Args:
         in_channels (int): Channels C.
@@ -69,14 +73,19 @@ class CoordAttention(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        h, w = x.shape[2], x.shape[3]
+        return axis_pooled_gates(x, self.gates, self.parameters())
+
+    def gates(self, z_h: torch.Tensor, z_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The gates ``a_h`` (N, C, H, 1) and ``a_w`` (N, C, 1, W) of the row means ``z_h``
+        (N, C, H, 1) and the column means ``z_w`` (N, C, 1, W)."""
+        h = z_h.shape[2]
         # (N, C, H + W, 1): the H profile (mean over W) followed by the W profile.
-        z = torch.cat((x.mean(3), x.mean(2)), dim=2).unsqueeze(3)
+        z = torch.cat((z_h, z_w.transpose(2, 3)), dim=2)
         f = self.act(self.bn1(self.conv1(z)))
-        f_h, f_w = f.split((h, w), dim=2)
-        a_h = self.gate(self.conv_h(f_h))  # (N, C, H, 1)
-        a_w = self.gate(self.conv_w(f_w.transpose(2, 3)))  # (N, C, 1, W), a view
-        return x * a_h * a_w
+        f_h, f_w = f.split((h, z.shape[2] - h), dim=2)
+        a_h = self.gate(self.conv_h(f_h))
+        a_w = self.gate(self.conv_w(f_w.transpose(2, 3)))  # a view
+        return a_h, a_w
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, reduction={self.reduction}, mip={self.mip}'

@@ -1,0 +1,151 @@
+"""Pooled gates with a hand-written backward: the same values and gradients as autograd's."""
+import pytest
+import torch
+
+from cvattn_mm.attention import gating
+from cvattn_mm.attention.channel.eca import ECA
+from cvattn_mm.attention.channel.se import SE
+from cvattn_mm.attention.channel_spatial.coord_attention import CoordAttention
+
+
+def reference(module, x):
+    """The plain ops autograd differentiates (what runs without a gradient)."""
+    if isinstance(module, CoordAttention):
+        a_h, a_w = module.gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
+        return x * a_h * a_w
+    return x * module.channel_gate(x.mean((2, 3), keepdim=True))
+
+
+MODULES = {
+    'SE': lambda: SE(16, reduction=4),
+    'SE-hsigmoid': lambda: SE(16, reduction=4, act_cfg=dict(type='GELU'),
+                              gate_cfg=dict(type='HSigmoid')),
+    'ECA': lambda: ECA(16, kernel_size=3),
+    'CoordAttention': lambda: CoordAttention(16, reduction=4, min_channels=4),
+    'CoordAttention-gn': lambda: CoordAttention(16, reduction=4, min_channels=4,
+                                                norm_cfg=dict(type='GN', num_groups=2)),
+}
+
+
+def randomized(name):
+    torch.manual_seed(0)
+    module = MODULES[name]().double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return module
+
+
+def grads(module, x, weight):
+    x = x.detach().requires_grad_()
+    params = [p for p in module.parameters() if p.requires_grad]
+    out = module(x)
+    return out, torch.autograd.grad((out * weight).sum(), [x] + params)
+
+
+@pytest.mark.parametrize('name', sorted(MODULES))
+@pytest.mark.parametrize('shape', [(2, 16, 5, 7), (1, 16, 1, 1), (3, 16, 1, 6)])
+def test_same_values_and_gradients_as_autograd(name, shape):
+    module = randomized(name)
+    x = torch.randn(shape, dtype=torch.double)
+    weight = torch.randn(shape, dtype=torch.double)  # a gradient that is not constant
+    out, got = grads(module, x, weight)
+    assert 'Pooled' in out.grad_fn.name()  # the hand-written backward ran
+    x = x.detach().requires_grad_()
+    expected_out = reference(module, x)
+    params = [p for p in module.parameters() if p.requires_grad]
+    expected = torch.autograd.grad((expected_out * weight).sum(), [x] + params)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('name', sorted(MODULES))
+def test_gradcheck(name):
+    module = randomized(name)
+    if 'Coord' in name:
+        module.eval()  # BN in train mode mixes the batch: fine, but slow to gradcheck
+    x = torch.randn(2, 16, 3, 4, dtype=torch.double, requires_grad=True)
+    params = tuple(module.parameters())
+
+    def fn(x, *values):
+        with torch.nn.utils.stateless._reparametrize_module(
+                module, dict(zip([n for n, _ in module.named_parameters()], values))):
+            return module(x)
+
+    assert torch.autograd.gradcheck(fn, (x,) + params)
+
+
+@pytest.mark.parametrize('name', ['SE', 'CoordAttention'])
+def test_frozen_parameters_and_input_without_gradient(name):
+    module = randomized(name)
+    x = torch.randn(2, 16, 5, 6, dtype=torch.double)
+    # Only the parameters need a gradient (a first layer): x gets none.
+    out = module(x)
+    out.sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
+    # Frozen gate network: only x gets a gradient.
+    module.zero_grad(set_to_none=True)
+    module.requires_grad_(False)
+    x.requires_grad_()
+    module(x).sum().backward()
+    assert x.grad is not None and all(p.grad is None for p in module.parameters())
+    x.grad = None
+    reference(module, x).sum().backward()
+    expected = x.grad
+    x.grad = None
+    module(x).sum().backward()
+    torch.testing.assert_close(x.grad, expected)
+
+
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CoordAttention'])
+def test_backward_twice_with_retain_graph(name):
+    module = randomized(name)
+    x = torch.randn(2, 16, 4, 5, dtype=torch.double, requires_grad=True)
+    out = module(x)
+    out.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+
+
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CoordAttention'])
+def test_channels_last_gradient_keeps_the_memory_format(name):
+    module = randomized(name).float()
+    x = torch.randn(2, 16, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
+    out = module(x)
+    out.backward(torch.ones_like(out))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    y = x.detach().contiguous().requires_grad_()
+    reference(module, y).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CoordAttention'])
+def test_bf16_autocast_gradients_match_autograd(name):
+    module = randomized(name).float()
+    x = torch.randn(2, 16, 6, 5, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = module(x)
+    out.float().sum().backward()
+    got = [x.grad] + [p.grad for p in module.parameters()]
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        expected_out = reference(module, x)
+    expected_out.float().sum().backward()
+    expected = [x.grad] + [p.grad for p in module.parameters()]
+    assert out.dtype == expected_out.dtype
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)
+
+
+def test_plain_ops_without_gradient_and_under_tracing():
+    module = SE(16, reduction=4)
+    x = torch.randn(1, 16, 3, 3)
+    with torch.no_grad():
+        assert module(x).grad_fn is None
+    assert gating._custom_backward(x.requires_grad_(), tuple(module.parameters()))
+    traced = torch.jit.trace(module, x)
+    assert 'PooledGate' not in str(traced.graph)  # the plain ops were recorded
