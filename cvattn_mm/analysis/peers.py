@@ -302,20 +302,6 @@ def _dat_state(ours):
     return state
 
 
-def _dat_incomparable(ours, shape):
-    r = ours.downsample_factor
-    h, w = shape[2:]
-    if h % r or w % r:
-        ours_keys, theirs_keys = -(-h // r) * -(-w // r), max(h // r, 1) * max(w // r, 1)
-        equal = (-(-h // r) * r, -(-w // r) * r)
-        return (f'{h}x{w} is not a multiple of downsample_factor={r}: lucidrains floors the key '
-                f'grid ({h // r}x{w // r} keys), ours ceils ({-(-h // r)}x{-(-w // r)}), so ours '
-                f'attends to {ours_keys / theirs_keys:.2f}x the keys and its position-bias MLP '
-                f'(most of the FLOPs) does {ours_keys / theirs_keys:.2f}x the work: the ratio is '
-                f'not of equal work; {equal[0]}x{equal[1]} gives both {ours_keys} keys')
-    return None
-
-
 def cell_centre_grid(grid: torch.Tensor, dim: int = 1, out_dim: int = -1) -> torch.Tensor:
     """Drop-in for lucidrains' ``normalize_grid``: grid indices ``(x, y)`` to cell centres,
     ``(2 i + 1) / n - 1`` (``grid_sample``'s ``align_corners=False`` coordinates), x by the
@@ -369,15 +355,16 @@ PEERS: List[Peer] = [
          'pair sets bias=True and our width (max(C // 32, 8)).'),
     Peer('DeformableAttention2D', 'deformable-attention DeformableAttention2D',
          'deformable_attention', _dat, _dat_state,
-         ours_cfg=lambda c: dict(to_q_bias=False, to_v_bias=False, cpb_dim=c // 4, cpb_depth=2),
+         ours_cfg=lambda c: dict(to_q_bias=False, to_v_bias=False, cpb_dim=c // 4, cpb_depth=2,
+                                 key_grid='floor'),
          differences='The pair builds ours like the peer: no q/v biases, a position-bias MLP '
-         'of depth 2 and width C/4 (its last bias, which the softmax cancels, set to zero). '
+         'of depth 2 and width C/4 (its last bias, which the softmax cancels, set to zero), '
+         "key_grid='floor' (the peer's floor(H/r) keys per axis; ours defaults to ceil). "
          'Geometry differs: lucidrains normalises grid indices i to 2i/(n-1) - 1 (corners) '
          'while sampling with align_corners=False, divides x by H_k - 1 and y by W_k - 1 '
          '(swapped on non-square maps) and so scales offsets by 2/(n-1); ours uses cell '
-         'centres (2i + 1)/n - 1 for keys and queries. Its key grid is floor(H/r) (ours '
-         'ceil). Equal outputs are tested with its normalize_grid replaced by the '
-         'cell-centre one (dat_cell_centre_geometry) on maps that are multiples of r; the '
+         'centres (2i + 1)/n - 1 for keys and queries. Equal outputs are tested with its '
+         'normalize_grid replaced by the cell-centre one (dat_cell_centre_geometry); the '
          'benchmark times the unmodified peer.',
-         incomparable=_dat_incomparable, equivalence=dat_cell_centre_geometry),
+         equivalence=dat_cell_centre_geometry),
 ]

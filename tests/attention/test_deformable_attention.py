@@ -55,6 +55,7 @@ VARIANTS = {
     'norm_deep_cpb': dict(SMALL, norm_cfg=dict(type='GN', num_groups=1), cpb_dim=8,
                           cpb_depth=2, to_k_bias=False, to_out_bias=False),
     'dropout': dict(SMALL, dropout=0.1),
+    'floor_key_grid': dict(SMALL, key_grid='floor'),
 }
 
 
@@ -108,6 +109,17 @@ def test_zero_offsets_sample_exact_pixels_with_odd_stride():
     torch.testing.assert_close(sampled, x[:, :, 1::3, 1::3], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize('key_grid,size,keys', [
+    ('ceil', (14, 14), (4, 4)), ('floor', (14, 14), (3, 3)), ('ceil', (16, 9), (4, 3)),
+    ('floor', (16, 9), (4, 2)), ('ceil', (3, 1), (1, 1)), ('floor', (3, 1), (1, 1))])
+def test_key_grid_rounding(key_grid, size, keys):
+    module = DeformableAttention2D(16, dim_head=4, heads=2, key_grid=key_grid)  # r = 4
+    x = torch.randn(1, 16, *size)
+    with torch.no_grad():
+        assert module.sampling_locations(module.to_q(x)).shape == (2, *keys, 2)
+        assert module.attention_map(x).shape == (1, 2, size[0] * size[1], keys[0] * keys[1])
+
+
 def test_locations_follow_offsets_within_the_offset_scale():
     torch.manual_seed(0)
     module = contract.perturb_parameters(
@@ -154,7 +166,6 @@ def _direct(module, x):
     n, c, h, w = x.shape
     g, heads, d = module.offset_groups, module.heads, module.dim_head
     r, k, s = module.downsample_factor, module.offset_kernel_size, module.offset_scale
-    hk, wk = math.ceil(h / r), math.ceil(w / r)
     hpg, cg = heads // g, c // g
 
     def conv1x1(layer, t):
@@ -162,10 +173,19 @@ def _direct(module, x):
         return out if layer.bias is None else out + layer.bias.view(1, -1, 1, 1)
 
     q = conv1x1(module.to_q, x)  # group_queries=False
-    pad_h, pad_w = (hk - 1) * r + k - h, (wk - 1) * r + k - w
-    grouped = F.pad(q.reshape(n * g, -1, h, w),
-                    (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-    offsets = s * torch.tanh(module.to_offsets(grouped)).reshape(n, g, 2, hk, wk)
+    if module.key_grid == 'ceil':
+        # Zero padding up to whole windows over every pixel, half before (odd one after).
+        hk, wk = math.ceil(h / r), math.ceil(w / r)
+        pad_h, pad_w = (hk - 1) * r + k - h, (wk - 1) * r + k - w
+        grouped = F.pad(q.reshape(n * g, -1, h, w),
+                        (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    else:
+        # The first windows start (k - r) // 2 before the map, every r pixels; zeros beyond it.
+        hk, wk = max(h // r, 1), max(w // r, 1)
+        before = (k - r) // 2
+        grouped = F.pad(q.reshape(n * g, -1, h, w), (before, k, before, k))
+    offsets = module.to_offsets(grouped)[:, :, :hk, :wk]
+    offsets = s * torch.tanh(offsets).reshape(n, g, 2, hk, wk)
     # Reference points: the centres of an hk x wk grid of cells over the map, in pixels.
     ref_y = (torch.arange(hk, dtype=x.dtype) + 0.5) * h / hk - 0.5
     ref_x = (torch.arange(wk, dtype=x.dtype) + 0.5) * w / wk - 0.5
@@ -206,6 +226,9 @@ def _direct(module, x):
     (dict(offset_groups=2, cpb_depth=2), (10, 13)),
     (dict(downsample_factor=3, offset_kernel_size=5), (7, 5)),
     (dict(), (1, 1)),
+    (dict(key_grid='floor', offset_groups=2), (10, 13)),
+    (dict(key_grid='floor'), (3, 2)),
+    (dict(key_grid='floor', downsample_factor=3, offset_kernel_size=4), (7, 5)),
 ])
 def test_equation_against_direct_computation(kwargs, size):
     torch.manual_seed(0)
@@ -243,6 +266,7 @@ def test_offsets_change_the_output():
     (dict(cpb_dim=0), 'cpb_dim'),
     (dict(cpb_depth=0), 'cpb_depth'),
     (dict(in_channels=0), 'in_channels'),
+    (dict(key_grid='round'), "key_grid must be 'ceil' or 'floor', got 'round'"),
 ])
 def test_invalid_arguments(kwargs, argument):
     kwargs = dict(dict(in_channels=32), **kwargs)

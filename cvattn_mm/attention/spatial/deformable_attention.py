@@ -1,5 +1,5 @@
 """Deformable attention (DAT)."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,8 @@ class DeformableAttention2D(AttentionModule):
 
     ``q = W_q x``. An offset network shared by the ``G`` offset groups (depthwise
     ``k x k`` conv with stride ``r`` on each group's queries, activation, 1x1 conv to 2,
-    ``s * tanh``) moves a reference grid of ``ceil(H/r) x ceil(W/r)`` points:
+    ``s * tanh``) moves a reference grid of ``ceil(H/r) x ceil(W/r)`` points (``floor`` with
+    ``key_grid='floor'``):
     ``p = p_ref + s * tanh(offset)`` (offsets in units of the grid spacing; the grid holds the
     cell centres, ``(2i + 1) / H_k - 1`` in ``grid_sample``'s ``align_corners=False``
     coordinates, ``(x, y)`` order). Each group's channels of ``x`` are sampled bilinearly at its
@@ -39,7 +40,9 @@ class DeformableAttention2D(AttentionModule):
     default (a key bias shifts all logits of a query equally; the softmax cancels it). The
     offset network zero-pads its input so that its windows tile ``ceil(H/r)`` cells (centred
     on them when ``r`` divides H) and the reference grid spreads the cell centres evenly over
-    the map, so every size down to 1x1 works (DAT assumes ``r`` divides the size). The
+    the map, so every size down to 1x1 works (DAT assumes ``r`` divides the size; with
+    ``key_grid='floor'`` the windows tile ``max(floor(H/r), 1)`` cells from the top left, as a
+    strided conv does and as the ``deformable-attention`` package does). The
     ``deformable-attention`` package's argument names are kept; its grid normalisation,
     which mixes up height and width on non-square maps, is not. No residual: this is the
     attention operator of a DAT block.
@@ -50,6 +53,9 @@ class DeformableAttention2D(AttentionModule):
         heads (int): Heads; divisible by ``offset_groups``.
         dropout (float): Dropout on the attention weights (training only).
         downsample_factor (int): Stride r of the offset network (keys per axis: ceil(H/r)).
+        key_grid (str): ``'ceil'`` (default: every pixel lies in a window) or ``'floor'``
+            (the remainder of ``H / r`` is dropped, like lucidrains' package): how the key
+            grid rounds when r does not divide the map size.
         offset_scale (float, optional): Largest offset s in grid spacings; default r.
         offset_groups (int, optional): Offset groups G; default ``heads``.
         offset_kernel_size (int): Kernel k of the depthwise offset conv; >= r.
@@ -78,6 +84,7 @@ class DeformableAttention2D(AttentionModule):
                  heads: int = 8,
                  dropout: float = 0.,
                  downsample_factor: int = 4,
+                 key_grid: str = 'ceil',
                  offset_scale: Optional[float] = None,
                  offset_groups: Optional[int] = None,
                  offset_kernel_size: int = 6,
@@ -101,6 +108,9 @@ class DeformableAttention2D(AttentionModule):
         check_divisible(name, 'heads', heads, groups, 'offset_groups')
         check_divisible(name, 'in_channels', in_channels, groups, 'offset_groups')
         self.downsample_factor = check_int(name, 'downsample_factor', downsample_factor, 1)
+        if key_grid not in ('ceil', 'floor'):
+            raise ValueError(f"{name}: key_grid must be 'ceil' or 'floor', got {key_grid!r}")
+        self.key_grid = key_grid
         self.offset_kernel_size = check_int(name, 'offset_kernel_size', offset_kernel_size,
                                             downsample_factor)
         self.offset_scale = check_positive_float(
@@ -140,17 +150,15 @@ class DeformableAttention2D(AttentionModule):
         ``q`` is the query map ``to_q(x)`` of shape ``(N, E, H, W)``.
         """
         n, _, h, w = q.shape
-        r, k, g = self.downsample_factor, self.offset_kernel_size, self.offset_groups
-        hk, wk = (h + r - 1) // r, (w + r - 1) // r  # ceil; no negative floor division
-        # Zero padding such that the stride-r windows tile ceil(H/r) cells, centred on them when
-        # H % r == 0: the conv pads pad // 2 on both sides, an odd remainder goes to the end.
-        pad_h, pad_w = (hk - 1) * r + k - h, (wk - 1) * r + k - w
+        r, g = self.downsample_factor, self.offset_groups
+        (hk, top, bottom), (wk, left, right) = (self._key_axis(h), self._key_axis(w))
         grouped = q.reshape(n * g, -1, h, w)
-        if pad_h % 2 or pad_w % 2:
-            grouped = F.pad(grouped, (0, pad_w % 2, 0, pad_h % 2))
+        if top != bottom or left != right:
+            grouped = F.pad(grouped, (left - min(left, right), right - min(left, right),
+                                      top - min(top, bottom), bottom - min(top, bottom)))
         conv = self.to_offsets[0]
-        offsets = F.conv2d(grouped, conv.weight, conv.bias, r, (pad_h // 2, pad_w // 2), 1,
-                           conv.groups)
+        offsets = F.conv2d(grouped, conv.weight, conv.bias, r, (min(top, bottom),
+                           min(left, right)), 1, conv.groups)
         # The geometry is computed in at least fp32 (also under fp16/bf16 autocast).
         dtype = torch.promote_types(q.dtype, torch.float32)
         offsets = self.to_offsets[1:](offsets).to(dtype).tanh()  # (N * G, 2, H_k, W_k), (x, y)
@@ -158,6 +166,24 @@ class DeformableAttention2D(AttentionModule):
         offsets = torch.stack((offsets[:, 0] * (2.0 * self.offset_scale / wk),
                                offsets[:, 1] * (2.0 * self.offset_scale / hk)), -1)
         return reference_points(hk, wk, dtype, q.device) + offsets
+
+    def _key_axis(self, size: int) -> Tuple[int, int, int]:
+        """Keys along an axis of ``size`` pixels and the zero padding (before, after) of the
+        offset conv's input such that its stride-r windows give exactly that many.
+
+        The padding for ``size = m r`` is ``k - r``, ``(k - r) // 2`` before (the windows are
+        centred on the cells). ``ceil`` pads the remainder up to the next multiple, splitting
+        the whole padding in two halves (an odd one to the end); ``floor`` pads as for the
+        multiple below, and the conv ignores the remainder at the end.
+        """
+        r, k = self.downsample_factor, self.offset_kernel_size
+        if self.key_grid == 'ceil':
+            keys = (size + r - 1) // r  # no negative floor division
+            pad = (keys - 1) * r + k - size
+            return keys, pad // 2, pad - pad // 2
+        keys = max(size // r, 1)
+        before = (k - r) // 2
+        return keys, before, max(k - r - before, (keys - 1) * r + k - size - before)
 
     def sample(self, x: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
         """Bilinear samples ``(N, C, H_k, W_k)`` of each group's channels at its locations."""
@@ -262,7 +288,8 @@ class DeformableAttention2D(AttentionModule):
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, heads={self.heads}, dim_head={self.dim_head}, '
-                f'offset_groups={self.offset_groups}, downsample_factor={self.downsample_factor}')
+                f'offset_groups={self.offset_groups}, downsample_factor={self.downsample_factor}, '
+                f'key_grid={self.key_grid!r}')
 
 
 def reference_points(h: int, w: int, dtype=torch.float32, device=None) -> torch.Tensor:
