@@ -252,11 +252,13 @@ class DeformableAttention2D(AttentionModule):
     def _bias_rows(self, row: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
         # The first layer and its ReLU, in place: the backward does not need the sum.
         hidden = torch.relu_(row[:, :, None] + column[:, None])
-        # With autograd, the (N-d) linear outputs are views: in place would copy them back.
-        inplace = not torch.is_grad_enabled()
+        shape = hidden.shape[:-1]
+        # As a matrix, each linear output is a fresh tensor (not a view of one, as for N-d
+        # inputs): its ReLU runs in place also with autograd, which keeps only the result.
+        hidden = hidden.flatten(0, -2)
         for layer in self.rel_pos_bias[2:]:
-            hidden = F.relu(hidden, inplace) if isinstance(layer, nn.ReLU) else layer(hidden)
-        return hidden
+            hidden = torch.relu_(hidden) if isinstance(layer, nn.ReLU) else layer(hidden)
+        return hidden.unflatten(0, shape)
 
     def _qkv_bias(self, x):
         n, _, h, w = x.shape
