@@ -62,14 +62,10 @@ def cbam_gates(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
     """
     gates = {}
     if module.use_channel:
-        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], 3)
-        gates['channel'] = torch.sigmoid(
-            module.fc2(module.act(module.fc1(pooled))).sum(3, keepdim=True))
+        gates['channel'] = module.channel_gate(x)
         x = x * gates['channel']
     if module.use_spatial:
-        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
-        gates['spatial'] = torch.sigmoid(
-            norm_any_batch(module.spatial_norm, module.spatial_conv(pooled)))
+        gates['spatial'] = module.spatial_gate(x)
     return gates
 
 
@@ -87,8 +83,7 @@ def scse_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
     ``y = max(x * g_c, x * g_s)``, ``x * (g_c + g_s)`` or ``x * g_c * g_s`` by combination.
     """
-    g_c = torch.sigmoid(module.fc2(module.act(module.fc1(x.mean((2, 3), keepdim=True)))))
-    return g_c, torch.sigmoid(module.spatial_conv(x))
+    return module.gates(x)
 
 
 def coord_attention_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -60,8 +60,8 @@ def test_defaults_follow_official_code():
     x = torch.randn(2, 16, 4, 4)
     with torch.no_grad():
         y = module(x)
-        g_c = torch.sigmoid(module.fc2(torch.relu(module.fc1(x.mean((2, 3), keepdim=True)))))
-        cse, sse = x * g_c, x * torch.sigmoid(module.spatial_conv(x))
+        g_c, g_s = module.gates(x)  # their values: direct_scse checks them
+        cse, sse = x * g_c, x * g_s
     assert (y >= cse).all() and (y >= sse).all()
     assert ((y == cse) | (y == sse)).all()
     assert (y == cse).any() and (y == sse).any()

@@ -7,7 +7,7 @@ from mmengine.registry import DefaultScope
 
 from cvattn_mm.attention import AttentionModule
 from cvattn_mm.attention.catalog import attention_classes
-from cvattn_mm.attention.channel.context_pooling import pointwise
+from cvattn_mm.attention.pointwise import pointwise
 from cvattn_mm.registry import MODELS
 from cvattn_mm.visualization import (
     EXTRACTORS,

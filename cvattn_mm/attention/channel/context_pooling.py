@@ -3,11 +3,11 @@
 One 1x1 convolution ``W_k: C -> 1`` scores every position, a softmax over all ``H * W``
 positions turns the scores into weights, and the weighted sum of ``x`` is a global context
 vector per sample (Cao et al., arXiv:1904.11492, eq. 2-3). The transforms that follow act on
-that (N, C) vector; :func:`pointwise` applies their 1x1 convolutions as matrix products.
+that (N, C) vector (:func:`~cvattn_mm.attention.pointwise.pointwise` applies their 1x1
+convolutions as matrix products).
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
@@ -99,15 +99,3 @@ class _AttentionPool(torch.autograd.Function):
         else:
             grad_x = torch.matmul(lhs.transpose(1, 2), rhs)
         return grad_x.unflatten(2, x.shape[2:]), grad_weight.view_as(weight).to(weight.dtype)
-
-
-def pointwise(conv: nn.Conv2d, v: torch.Tensor) -> torch.Tensor:
-    """A 1x1 ``conv`` applied to pooled vectors ``v`` (N, C_in) -> (N, C_out).
-
-    On a 1 x 1 map a 1x1 convolution is a matrix product: ``F.linear`` with the conv's
-    weight viewed as a matrix (a view also for channels_last weights) skips the convolution
-    dispatch and is about 2x faster on CPU. The module stays an ``nn.Conv2d`` so that its
-    state-dict keys and shapes, ``init_cfg`` layers and FLOP counters are those of a conv.
-    """
-    return F.linear(v, conv.weight.flatten(1), conv.bias)
-

@@ -8,7 +8,8 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, reduced_channels
-from .context_pooling import attention_pool, init_mask_conv, mask_conv, pointwise
+from ..pointwise import pointwise
+from .context_pooling import attention_pool, init_mask_conv, mask_conv
 
 FUSIONS = ('add', 'mul')
 

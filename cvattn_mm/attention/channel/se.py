@@ -7,6 +7,7 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import reduced_channels
 from ..gating import global_pooled_gate
+from ..pointwise import pointwise
 
 
 @register_model()
@@ -58,7 +59,8 @@ class SE(AttentionModule):
 
     def channel_gate(self, s: torch.Tensor) -> torch.Tensor:
         """The gate (N, C, 1, 1) of the channel means ``s`` (N, C, 1, 1)."""
-        return self.gate(self.fc2(self.act(self.fc1(s))))
+        hidden = self.act(pointwise(self.fc1, s.flatten(1)))
+        return self.gate(pointwise(self.fc2, hidden))[:, :, None, None]
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, reduction={self.reduction}'

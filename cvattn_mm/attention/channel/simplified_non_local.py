@@ -4,7 +4,8 @@ import torch.nn as nn
 
 from ...registry import register_model
 from ..base import AttentionModule
-from .context_pooling import attention_pool, init_mask_conv, mask_conv, pointwise
+from ..pointwise import pointwise
+from .context_pooling import attention_pool, init_mask_conv, mask_conv
 
 
 @register_model()

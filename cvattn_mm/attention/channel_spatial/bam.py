@@ -9,6 +9,7 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_int, reduced_channels
 from ..norm import norm_any_batch
+from ..pointwise import pointwise
 
 
 @register_model()
@@ -86,8 +87,9 @@ class BAM(AttentionModule):
 
     def branch_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The channel logits ``Mc`` (N, C, 1, 1) and the spatial logits ``Ms`` (N, 1, H, W)."""
-        mc = self.channel_fc1(x.mean((2, 3), keepdim=True))
-        mc = self.channel_fc2(self.channel_act(norm_any_batch(self.channel_norm, mc)))
+        mc = pointwise(self.channel_fc1, x.mean((2, 3)))[:, :, None, None]
+        mc = self.channel_act(norm_any_batch(self.channel_norm, mc))
+        mc = pointwise(self.channel_fc2, mc.flatten(1))[:, :, None, None]
         ms = x
         # Sequential layers of one branch (not parallel branches): nothing to batch.
         for conv, norm, act in zip(self.spatial_convs, self.spatial_norms, self.spatial_acts,

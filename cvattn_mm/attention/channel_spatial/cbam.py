@@ -7,6 +7,7 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_odd, reduced_channels
 from ..norm import norm_any_batch
+from ..pointwise import pointwise
 
 
 @register_model()
@@ -88,15 +89,22 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if self.use_channel:
-            # Both pooled vectors side by side as a 1 x 2 map: one pass of the shared MLP.
-            pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], 3)
-            gate = self.fc2(self.act(self.fc1(pooled))).sum(3, keepdim=True)
-            x = x * torch.sigmoid(gate)
+            x = x * self.channel_gate(x)
         if self.use_spatial:
-            pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
-            gate = norm_any_batch(self.spatial_norm, self.spatial_conv(pooled))
-            x = x * torch.sigmoid(gate)
+            x = x * self.spatial_gate(x)
         return x
+
+    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """``M_c`` (N, C, 1, 1): the shared MLP on the average- and max-pooled vectors, both
+        in one matrix product (:func:`~cvattn_mm.attention.pointwise.pointwise`), summed."""
+        pooled = torch.stack((x.mean((2, 3)), x.amax((2, 3))), 1)  # (N, 2, C)
+        logits = pointwise(self.fc2, self.act(pointwise(self.fc1, pooled))).sum(1)
+        return torch.sigmoid(logits)[:, :, None, None]
+
+    def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """``M_s`` (N, 1, H, W) from the channel max and mean of ``x``."""
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
+        return torch.sigmoid(norm_any_batch(self.spatial_norm, self.spatial_conv(pooled)))
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '

@@ -1,4 +1,6 @@
 """Concurrent spatial and channel squeeze-and-excitation."""
+from typing import Tuple
+
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer
@@ -6,6 +8,7 @@ from mmcv.cnn import build_activation_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, reduced_channels
+from ..pointwise import pointwise
 
 
 @register_model()
@@ -61,8 +64,7 @@ class SCSE(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        g_c = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
-        g_s = torch.sigmoid(self.spatial_conv(x))
+        g_c, g_s = self.gates(x)
         if self.combination == 'max':
             if torch.is_grad_enabled():
                 # max(a, b) = b + relu(a - b): the same values (to rounding) with a backward
@@ -72,6 +74,12 @@ class SCSE(AttentionModule):
         if self.combination == 'add':
             return x * (g_c + g_s)
         return x * (g_c * g_s)
+
+    def gates(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The cSE gate ``g_c`` (N, C, 1, 1) and the sSE gate ``g_s`` (N, 1, H, W)."""
+        hidden = self.act(pointwise(self.fc1, x.mean((2, 3))))
+        g_c = torch.sigmoid(pointwise(self.fc2, hidden))[:, :, None, None]
+        return g_c, torch.sigmoid(self.spatial_conv(x))
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
