@@ -1,6 +1,7 @@
 """Gates computed from average-pooled descriptors, multiplied back onto the input.
 
-``y = x * gate(mean_{H,W} x)`` is SE's and ECA's form; ``y = x * a_h * a_w`` with
+``y = x * gate(mean_{H,W} x)`` is SE's and ECA's form (CBAM's gates pool the mean and the
+max, over the positions or over the channels); ``y = x * a_h * a_w`` with
 ``(a_h, a_w) = gates(mean_W x, mean_H x)`` is Coordinate Attention's. Autograd runs the
 backward of such a block as five or more passes over tensors of the size of ``x``:
 the product's two gradients (each written, one of them summed), the pooling's gradient
@@ -15,7 +16,7 @@ The plain ops run when no gradient is needed, and under ``torch.jit`` tracing or
 ``torch.compile`` (which fuse the plain ops themselves); the results are the same.
 Not twice differentiable.
 """
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,28 +25,76 @@ from torch.autograd.function import once_differentiable
 Tensor = torch.Tensor
 
 
-def global_pooled_gate(x: Tensor, gate_fn: Callable[[Tensor], Tensor],
-                       params: Sequence[nn.Parameter]) -> Tensor:
-    """``x * gate_fn(x.mean((2, 3), keepdim=True))``.
+def pooled_gate(x: Tensor, gate_fn: Callable[..., Tensor], params: Iterable[nn.Parameter],
+                dims: Tuple[int, ...] = (2, 3), pools: Tuple[str, ...] = ('mean',)) -> Tensor:
+    """``x * gate_fn(*descriptors)``, each descriptor a pool of ``x`` over ``dims``.
 
     Args:
         x (Tensor): (N, C, H, W) input.
-        gate_fn (callable): Maps the (N, C, 1, 1) channel means to an (N, C, 1, 1) gate.
+        gate_fn (callable): Maps the descriptors (``keepdim`` pools of ``x``: (N, C, 1, 1)
+            over the positions, ``dims=(2, 3)``; (N, 1, H, W) over the channels, ``dims=(1,)``)
+            to a gate of the same shape.
         params (sequence of Parameter): The parameters that ``gate_fn`` uses (they receive
             their gradients through this function).
+        dims (tuple): ``(2, 3)`` or ``(1,)``.
+        pools (tuple): ``'mean'`` and / or ``'max'``, in the order of ``gate_fn``'s arguments.
+            The gradient of a max goes to one maximal element (as with ``max_pool2d``);
+            autograd's ``amax`` splits it between ties.
 
     Returns:
         Tensor: (N, C, H, W), in the memory format of ``x``.
     """
-    params = tuple(params)
-    if _custom_backward(x, params):
-        return _GlobalPooledGate.apply(x, gate_fn, *params)
-    return x * gate_fn(x.mean((2, 3), keepdim=True))
+    if dims not in _MAX_POOLS:
+        raise ValueError(f'pooled_gate: dims must be one of {sorted(_MAX_POOLS)}, got {dims}')
+    unknown = set(pools) - {'mean', 'max'}
+    if unknown:
+        raise ValueError(f"pooled_gate: pools must be 'mean' or 'max', got {sorted(unknown)}")
+    params = _params_for_custom_backward(x, params)
+    if params is not None:
+        return _PooledGate.apply(x, gate_fn, dims, pools, *params)
+    descriptors = (x.mean(dims, keepdim=True) if kind == 'mean' else x.amax(dims, keepdim=True)
+                   for kind in pools)
+    return x * gate_fn(*descriptors)
+
+
+def _spatial_max(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Max over H and W, (N, C, 1, 1), and its position ``h W + w`` (N, C), read in the
+    memory format of ``x`` (no copy for contiguous and channels_last tensors)."""
+    n, c = x.shape[:2]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        values, index = x.permute(0, 2, 3, 1).reshape(n, -1, c).max(1)
+    else:
+        values, index = x.reshape(n, c, -1).max(2)
+    return values[:, :, None, None], index
+
+
+def _add_spatial_max_grad(grad_x: Tensor, index: Tensor, grad: Tensor) -> Tensor:
+    n, c = grad_x.shape[:2]
+    grad = grad.reshape(n, c).to(grad_x.dtype)
+    if grad_x.is_contiguous(memory_format=torch.channels_last) and not grad_x.is_contiguous():
+        grad_x.permute(0, 2, 3, 1).view(n, -1, c).scatter_add_(1, index[:, None], grad[:, None])
+        return grad_x
+    grad_x = grad_x.contiguous()  # a no-op but for unusual strides
+    grad_x.view(n, c, -1).scatter_add_(2, index[..., None], grad[..., None])
+    return grad_x
+
+
+def _channel_max(x: Tensor) -> Tuple[Tensor, Tensor]:
+    return x.max(1, keepdim=True)
+
+
+def _add_channel_max_grad(grad_x: Tensor, index: Tensor, grad: Tensor) -> Tensor:
+    return grad_x.scatter_add_(1, index, grad.to(grad_x.dtype))
+
+
+#: Per pooled dims: the max with its index, and the scatter of its gradient into dL/dx.
+_MAX_POOLS = {(2, 3): (_spatial_max, _add_spatial_max_grad),
+              (1,): (_channel_max, _add_channel_max_grad)}
 
 
 def axis_pooled_gates(x: Tensor, gates_fn: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]],
-                      params: Sequence[nn.Parameter]) -> Tensor:
-    """``x * (a_h * a_w)`` with ``a_h, a_w = gates_fn(x.mean(3, True), x.mean(2, True))``.
+                      params: Iterable[nn.Parameter]) -> Tensor:
+    """``x * a_h * a_w`` with ``a_h, a_w = gates_fn(x.mean(3, True), x.mean(2, True))``.
 
     Args:
         x (Tensor): (N, C, H, W) input.
@@ -56,19 +105,32 @@ def axis_pooled_gates(x: Tensor, gates_fn: Callable[[Tensor, Tensor], Tuple[Tens
     Returns:
         Tensor: (N, C, H, W), in the memory format of ``x``.
     """
-    params = tuple(params)
-    if _custom_backward(x, params):
+    params = _params_for_custom_backward(x, params)
+    if params is not None:
         return _AxisPooledGates.apply(x, gates_fn, *params)
     a_h, a_w = gates_fn(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
-    return x * (a_h * a_w)  # the (H, W) outer product first: one pass over x instead of two
+    if torch.is_grad_enabled():
+        return x * a_h * a_w
+    return _times_both(x, a_h, a_w)
 
 
-def _custom_backward(x: Tensor, params: Tuple[nn.Parameter, ...]) -> bool:
+def _times_both(x: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
+    """``x * a_h * a_w`` with one new tensor of the size of ``x``: two would be alive at once,
+    which on CPU costs more than the products (fresh memory from the OS, page by page)."""
+    return torch.mul(x, a_h).mul_(a_w)
+
+
+def _params_for_custom_backward(x: Tensor, params: Iterable[nn.Parameter]
+                                ) -> Optional[Tuple[nn.Parameter, ...]]:
+    """The parameters as a tuple when the hand-written backward is to run, else None (no
+    gradient needed, or ``torch.jit`` / ``torch.compile`` tracing). Cheap checks first:
+    collecting a module's parameters costs more than a small forward."""
     if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
+        return None
     if torch.compiler.is_compiling():
-        return False
-    return x.requires_grad or any(p.requires_grad for p in params)
+        return None
+    params = tuple(params)
+    return params if x.requires_grad or any(p.requires_grad for p in params) else None
 
 
 def _leaf(pooled: Tensor) -> Tensor:
@@ -88,38 +150,55 @@ def _gate_network_grads(ctx, outputs: Sequence[Tensor], grads: Sequence[Tensor])
     return result[:len(ctx.pooled)], result[len(ctx.pooled):]
 
 
-def _param_grads(ctx, grads):
-    return tuple(g if ctx.needs_input_grad[2 + i] else None for i, g in enumerate(grads))
+def _param_grads(ctx, grads, first: int = 2):
+    """The parameters' gradients; they are the Function's inputs from index ``first`` on."""
+    return tuple(g if ctx.needs_input_grad[first + i] else None for i, g in enumerate(grads))
 
 
-class _GlobalPooledGate(torch.autograd.Function):
-    """Backward from ``g = dL/dy``: ``dL/da = sum_{h,w} g x``; the gate network gives
-    ``dL/ds`` for the means ``s``; ``dL/dx = g a + dL/ds / (H W)``, written into the buffer
-    that held ``g x``."""
+class _PooledGate(torch.autograd.Function):
+    """Backward from ``g = dL/dy``: ``dL/da = sum_dims g x``; the gate network gives the
+    descriptors' gradients; ``dL/dx = g a + dL/d mean / n`` plus, for a max, its gradient at
+    the maximal element; all written into the buffer that held ``g x``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, gate_fn, *params: nn.Parameter) -> Tensor:
-        pooled = _leaf(x.mean((2, 3), keepdim=True))
+    def forward(ctx, x: Tensor, gate_fn, dims, pools, *params: nn.Parameter) -> Tensor:
+        descriptors, indices = [], []
+        for kind in pools:
+            if kind == 'mean':
+                descriptors.append(_leaf(x.mean(dims, keepdim=True)))
+                indices.append(None)
+            else:
+                values, index = _MAX_POOLS[dims][0](x)
+                descriptors.append(_leaf(values))
+                indices.append(index)
         with torch.enable_grad():
-            gate = gate_fn(pooled)
+            gate = gate_fn(*descriptors)
         ctx.save_for_backward(x)
-        ctx.pooled, ctx.params, ctx.gate = (pooled,), params, gate
+        ctx.pooled, ctx.params, ctx.gate = tuple(descriptors), params, gate
+        ctx.dims, ctx.indices = dims, indices
         return x * gate.detach()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         x, = ctx.saved_tensors
-        gate = ctx.gate.detach()
         buffer = torch.mul(grad, x)
-        grad_gate = buffer.sum((2, 3), keepdim=True)
-        (grad_pooled,), grad_params = _gate_network_grads(ctx, (ctx.gate,), (grad_gate,))
+        grad_gate = buffer.sum(ctx.dims, keepdim=True)
+        grad_pooled, grad_params = _gate_network_grads(ctx, (ctx.gate,), (grad_gate,))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mul(grad, gate, out=buffer)
-            if grad_pooled is not None:
-                grad_x += grad_pooled.to(grad_x.dtype) / (x.shape[2] * x.shape[3])
-        return (grad_x, None) + _param_grads(ctx, grad_params)
+            grad_x = torch.mul(grad, ctx.gate.detach(), out=buffer)
+            count = 1
+            for d in ctx.dims:
+                count *= x.shape[d]
+            for g, index in zip(grad_pooled, ctx.indices):
+                if g is None:
+                    continue
+                if index is None:
+                    grad_x += g.to(grad_x.dtype) / count
+                else:
+                    grad_x = _MAX_POOLS[ctx.dims][1](grad_x, index, g)
+        return (grad_x, None, None, None) + _param_grads(ctx, grad_params, first=4)
 
 
 class _AxisPooledGates(torch.autograd.Function):
@@ -135,7 +214,7 @@ class _AxisPooledGates(torch.autograd.Function):
             a_h, a_w = gates_fn(rows, columns)
         ctx.save_for_backward(x)
         ctx.pooled, ctx.params, ctx.gates = (rows, columns), params, (a_h, a_w)
-        return x * (a_h.detach() * a_w.detach())
+        return _times_both(x, a_h.detach(), a_w.detach())
 
     @staticmethod
     @once_differentiable

@@ -62,10 +62,11 @@ def cbam_gates(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
     """
     gates = {}
     if module.use_channel:
-        gates['channel'] = module.channel_gate(x)
+        gates['channel'] = module.channel_gate(x.mean((2, 3), keepdim=True),
+                                               x.amax((2, 3), keepdim=True))
         x = x * gates['channel']
     if module.use_spatial:
-        gates['spatial'] = module.spatial_gate(x)
+        gates['spatial'] = module.spatial_gate(x.amax(1, keepdim=True), x.mean(1, keepdim=True))
     return gates
 
 

@@ -5,6 +5,7 @@ import torch
 from cvattn_mm.attention import gating
 from cvattn_mm.attention.channel.eca import ECA
 from cvattn_mm.attention.channel.se import SE
+from cvattn_mm.attention.channel_spatial.cbam import CBAM
 from cvattn_mm.attention.channel_spatial.coord_attention import CoordAttention
 
 
@@ -13,6 +14,12 @@ def reference(module, x):
     if isinstance(module, CoordAttention):
         a_h, a_w = module.gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
         return x * a_h * a_w
+    if isinstance(module, CBAM):
+        if module.use_channel:
+            x = x * module.channel_gate(x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True))
+        if module.use_spatial:
+            x = x * module.spatial_gate(x.amax(1, keepdim=True), x.mean(1, keepdim=True))
+        return x
     return x * module.channel_gate(x.mean((2, 3), keepdim=True))
 
 
@@ -22,6 +29,9 @@ MODULES = {
                               gate_cfg=dict(type='HSigmoid')),
     'ECA': lambda: ECA(16, kernel_size=3),
     'CoordAttention': lambda: CoordAttention(16, reduction=4, min_channels=4),
+    'CBAM': lambda: CBAM(16, reduction=4),
+    'CBAM-channel': lambda: CBAM(16, reduction=4, use_spatial=False, act_cfg=dict(type='PReLU')),
+    'CBAM-spatial': lambda: CBAM(16, use_channel=False, kernel_size=3),
     'CoordAttention-gn': lambda: CoordAttention(16, reduction=4, min_channels=4,
                                                 norm_cfg=dict(type='GN', num_groups=2)),
 }
@@ -76,7 +86,7 @@ def test_gradcheck(name):
     assert torch.autograd.gradcheck(fn, (x,) + params)
 
 
-@pytest.mark.parametrize('name', ['SE', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'CBAM', 'CoordAttention'])
 def test_frozen_parameters_and_input_without_gradient(name):
     module = randomized(name)
     x = torch.randn(2, 16, 5, 6, dtype=torch.double)
@@ -98,7 +108,7 @@ def test_frozen_parameters_and_input_without_gradient(name):
     torch.testing.assert_close(x.grad, expected)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'CoordAttention'])
 def test_backward_twice_with_retain_graph(name):
     module = randomized(name)
     x = torch.randn(2, 16, 4, 5, dtype=torch.double, requires_grad=True)
@@ -109,7 +119,7 @@ def test_backward_twice_with_retain_graph(name):
     torch.testing.assert_close(x.grad, 2 * first)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'CoordAttention'])
 def test_channels_last_gradient_keeps_the_memory_format(name):
     module = randomized(name).float()
     x = torch.randn(2, 16, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
@@ -121,7 +131,7 @@ def test_channels_last_gradient_keeps_the_memory_format(name):
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'CoordAttention'])
 def test_bf16_autocast_gradients_match_autograd(name):
     module = randomized(name).float()
     x = torch.randn(2, 16, 6, 5, requires_grad=True)
@@ -146,6 +156,31 @@ def test_plain_ops_without_gradient_and_under_tracing():
     x = torch.randn(1, 16, 3, 3)
     with torch.no_grad():
         assert module(x).grad_fn is None
-    assert gating._custom_backward(x.requires_grad_(), tuple(module.parameters()))
+    assert gating._params_for_custom_backward(x.requires_grad_(), module.parameters())
     traced = torch.jit.trace(module, x)
     assert 'PooledGate' not in str(traced.graph)  # the plain ops were recorded
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_max_gradient_goes_to_one_maximal_element(channels_last):
+    """Ties (a dead ReLU channel is all zeros): one element of each tie gets the whole
+    gradient of the max, as with max_pool2d; autograd's amax splits it. The totals agree."""
+    module = randomized('CBAM-channel').float()
+    x = torch.randn(2, 16, 4, 5).relu()
+    x[:, 3] = 0  # a channel of ties
+    x[0, 5, 1, 2] = x[0, 5, 3, 4] = 9.0  # two maximal elements
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = module(x)
+    out.backward(torch.ones_like(out))
+    got = x.grad
+    y = x.detach().clone().requires_grad_()
+    reference(module, y).sum().backward()
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(got.sum((2, 3)), y.grad.sum((2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[:, 6:], y.grad[:, 6:], rtol=1e-5, atol=1e-6)  # no ties
+    # All positions of channel 3 get the mean's share; one also gets the max's gradient.
+    common = got[:, 3].flatten(1).median(1).values[:, None, None]
+    assert (((got[:, 3] - common).abs() > 1e-6).flatten(1).sum(1) == 1).all()
+    assert (y.grad[:, 3] - y.grad[:, 3].amin((1, 2), keepdim=True)).abs().max() < 1e-6

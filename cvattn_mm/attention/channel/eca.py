@@ -7,7 +7,7 @@ import torch.nn as nn
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_odd, check_positive_float
-from ..gating import global_pooled_gate
+from ..gating import pooled_gate
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -28,7 +28,7 @@ class ECA(AttentionModule):
     Parameters: ``k``.
 
     Deviations: none. The backward is hand-written
-    (:func:`~cvattn_mm.attention.gating.global_pooled_gate`).
+    (:func:`~cvattn_mm.attention.gating.pooled_gate`).
 
     Args:
         in_channels (int): Channels C.
@@ -65,7 +65,7 @@ class ECA(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return global_pooled_gate(x, self.channel_gate, self.parameters())
+        return pooled_gate(x, self.channel_gate, self.parameters())
 
     def channel_gate(self, s: torch.Tensor) -> torch.Tensor:
         """The gate (N, C, 1, 1) of the channel means ``s`` (N, C, 1, 1)."""

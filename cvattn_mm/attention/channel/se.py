@@ -6,7 +6,7 @@ from mmcv.cnn import build_activation_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import reduced_channels
-from ..gating import global_pooled_gate
+from ..gating import pooled_gate
 from ..pointwise import pointwise
 
 
@@ -19,7 +19,7 @@ class SE(AttentionModule):
     Parameters: ``2 * C * C/r + C/r + C``.
 
     Deviations: none. The gate activation is configurable (MobileNetV3 uses hard-sigmoid).
-    The backward is hand-written (:func:`~cvattn_mm.attention.gating.global_pooled_gate`).
+    The backward is hand-written (:func:`~cvattn_mm.attention.gating.pooled_gate`).
 
     Args:
         in_channels (int): Channels C.
@@ -55,7 +55,7 @@ class SE(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return global_pooled_gate(x, self.channel_gate, self.parameters())
+        return pooled_gate(x, self.channel_gate, self.parameters())
 
     def channel_gate(self, s: torch.Tensor) -> torch.Tensor:
         """The gate (N, C, 1, 1) of the channel means ``s`` (N, C, 1, 1)."""

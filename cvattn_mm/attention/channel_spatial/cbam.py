@@ -6,6 +6,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_odd, reduced_channels
+from ..gating import pooled_gate
 from ..norm import norm_any_batch
 from ..pointwise import pointwise
 
@@ -28,7 +29,10 @@ class CBAM(AttentionModule):
     ResNet's initialisation: the spatial gate is 0.5 everywhere at step 0); the official BN
     momentum is 0.01, here ``norm_cfg``'s (pass ``momentum=0.01`` to match). In training, a
     batch norm that sees one value per channel (batch 1 of a 1x1 map) uses its running
-    statistics instead of raising.
+    statistics instead of raising. The backward is hand-written
+    (:func:`~cvattn_mm.attention.gating.pooled_gate`); the gradient of a max pool goes to one
+    maximal element, as with the official code's ``max_pool2d`` and ``torch.max``
+    (autograd's ``amax`` would split it between ties).
 
     Args:
         in_channels (int): Channels C.
@@ -89,22 +93,25 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if self.use_channel:
-            x = x * self.channel_gate(x)
+            params = [p for m in (self.fc1, self.act, self.fc2) for p in m.parameters()]
+            x = pooled_gate(x, self.channel_gate, params, (2, 3), ('mean', 'max'))
         if self.use_spatial:
-            x = x * self.spatial_gate(x)
+            params = [p for m in (self.spatial_conv, self.spatial_norm) for p in m.parameters()]
+            x = pooled_gate(x, self.spatial_gate, params, (1,), ('max', 'mean'))
         return x
 
-    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        """``M_c`` (N, C, 1, 1): the shared MLP on the average- and max-pooled vectors, both
-        in one matrix product (:func:`~cvattn_mm.attention.pointwise.pointwise`), summed."""
-        pooled = torch.stack((x.mean((2, 3)), x.amax((2, 3))), 1)  # (N, 2, C)
+    def channel_gate(self, avg: torch.Tensor, max_: torch.Tensor) -> torch.Tensor:
+        """``M_c`` (N, C, 1, 1) of the average- and max-pooled (N, C, 1, 1) descriptors: the
+        shared MLP on both in one matrix product (:func:`~cvattn_mm.attention.pointwise.
+        pointwise`), summed."""
+        pooled = torch.stack((avg.flatten(1), max_.flatten(1)), 1)  # (N, 2, C)
         logits = pointwise(self.fc2, self.act(pointwise(self.fc1, pooled))).sum(1)
         return torch.sigmoid(logits)[:, :, None, None]
 
-    def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
-        """``M_s`` (N, 1, H, W) from the channel max and mean of ``x``."""
-        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
-        return torch.sigmoid(norm_any_batch(self.spatial_norm, self.spatial_conv(pooled)))
+    def spatial_gate(self, max_: torch.Tensor, avg: torch.Tensor) -> torch.Tensor:
+        """``M_s`` (N, 1, H, W) of the channel max and mean (N, 1, H, W)."""
+        logits = self.spatial_conv(torch.cat([max_, avg], 1))
+        return torch.sigmoid(norm_any_batch(self.spatial_norm, logits))
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
