@@ -69,8 +69,9 @@ class ECA(AttentionModule):
 
     def channel_gate(self, s: torch.Tensor) -> torch.Tensor:
         """The gate (N, C, 1, 1) of the channel means ``s`` (N, C, 1, 1)."""
-        gate = torch.sigmoid(self.conv(s.flatten(1).unsqueeze(1)))  # channels: the conv's length
-        return gate.unsqueeze(-1).transpose(1, 2)  # (N, 1, C) -> (N, C, 1, 1), a view
+        n = s.shape[0]
+        # Views: the channels are the conv's length axis, (N, C, 1, 1) -> (N, 1, C) and back.
+        return torch.sigmoid(self.conv(s.reshape(n, 1, -1))).view(n, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, kernel_size={self.kernel_size}'
