@@ -49,7 +49,7 @@ def pooled_gate(x: Tensor, gate_fn: Callable[..., Tensor], params: Iterable[nn.P
     unknown = set(pools) - {'mean', 'max'}
     if unknown:
         raise ValueError(f"pooled_gate: pools must be 'mean' or 'max', got {sorted(unknown)}")
-    params = _params_for_custom_backward(x, params)
+    params = _params_for_custom_backward((x,), params)
     if params is not None:
         return _PooledGate.apply(x, gate_fn, dims, pools, *params)
     descriptors = (x.mean(dims, keepdim=True) if kind == 'mean' else x.amax(dims, keepdim=True)
@@ -105,7 +105,7 @@ def axis_pooled_gates(x: Tensor, gates_fn: Callable[[Tensor, Tensor], Tuple[Tens
     Returns:
         Tensor: (N, C, H, W), in the memory format of ``x``.
     """
-    params = _params_for_custom_backward(x, params)
+    params = _params_for_custom_backward((x,), params)
     if params is not None:
         return _AxisPooledGates.apply(x, gates_fn, *params)
     a_h, a_w = gates_fn(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
@@ -114,13 +114,46 @@ def axis_pooled_gates(x: Tensor, gates_fn: Callable[[Tensor, Tensor], Tuple[Tens
     return _times_both(x, a_h, a_w)
 
 
+def selective_sum(feats: Sequence[Tensor], select_fn: Callable[[Tensor], Tensor],
+                  params: Iterable[nn.Parameter]) -> Tensor:
+    """``sum_i a_i * F_i`` with ``a = select_fn(sum_i mean_{H,W} F_i)``: SK's fuse and select.
+
+    Args:
+        feats (sequence of Tensor): M branch outputs ``F_i``, (N, C, H, W) each.
+        select_fn (callable): Maps the (N, C, 1, 1) means of ``sum_i F_i`` to the selection
+            weights ``a`` (N, M, C, 1, 1).
+        params (sequence of Parameter): The parameters that ``select_fn`` uses.
+
+    Returns:
+        Tensor: (N, C, H, W).
+    """
+    params = _params_for_custom_backward(feats, params)
+    if params is not None:
+        return _SelectiveSum.apply(select_fn, len(feats), *feats, *params)
+    return _weighted_sum(feats, select_fn(_sum_of_means(feats)))
+
+
+def _sum_of_means(feats: Sequence[Tensor]) -> Tensor:
+    s = feats[0].mean((2, 3), keepdim=True)
+    for f in feats[1:]:  # GAP(sum F_i) = sum of the GAPs: the sum is never materialised
+        s = s + f.mean((2, 3), keepdim=True)
+    return s
+
+
+def _weighted_sum(feats: Sequence[Tensor], weights: Tensor) -> Tensor:
+    out = feats[0] * weights[:, 0]
+    for i in range(1, len(feats)):
+        out = torch.addcmul(out, feats[i], weights[:, i])
+    return out
+
+
 def _times_both(x: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
     """``x * a_h * a_w`` with one new tensor of the size of ``x``: two would be alive at once,
     which on CPU costs more than the products (fresh memory from the OS, page by page)."""
     return torch.mul(x, a_h).mul_(a_w)
 
 
-def _params_for_custom_backward(x: Tensor, params: Iterable[nn.Parameter]
+def _params_for_custom_backward(inputs: Sequence[Tensor], params: Iterable[nn.Parameter]
                                 ) -> Optional[Tuple[nn.Parameter, ...]]:
     """The parameters as a tuple when the hand-written backward is to run, else None (no
     gradient needed, or ``torch.jit`` / ``torch.compile`` tracing). Cheap checks first:
@@ -130,7 +163,8 @@ def _params_for_custom_backward(x: Tensor, params: Iterable[nn.Parameter]
     if torch.compiler.is_compiling():
         return None
     params = tuple(params)
-    return params if x.requires_grad or any(p.requires_grad for p in params) else None
+    needed = any(t.requires_grad for t in inputs) or any(p.requires_grad for p in params)
+    return params if needed else None
 
 
 def _leaf(pooled: Tensor) -> Tensor:
@@ -235,3 +269,38 @@ class _AxisPooledGates(torch.autograd.Function):
             if grad_columns is not None:
                 grad_x += grad_columns.to(grad_x.dtype) / h
         return (grad_x, None) + _param_grads(ctx, grad_params)
+
+
+class _SelectiveSum(torch.autograd.Function):
+    """Backward from ``g = dL/dy``: ``dL/da_i = sum_{h,w} g F_i``; the selection network gives
+    ``dL/ds``; ``dL/dF_i = g a_i + dL/ds / (H W)``, written into the buffer that held
+    ``g F_i``."""
+
+    @staticmethod
+    def forward(ctx, select_fn, m: int, *inputs: Tensor) -> Tensor:
+        feats, params = inputs[:m], inputs[m:]
+        pooled = _leaf(_sum_of_means(feats))
+        with torch.enable_grad():
+            weights = select_fn(pooled)
+        ctx.save_for_backward(*feats)
+        ctx.pooled, ctx.params, ctx.gate = (pooled,), params, weights
+        return _weighted_sum(feats, weights.detach())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        feats = ctx.saved_tensors
+        weights = ctx.gate.detach()
+        buffers = [torch.mul(grad, f) for f in feats]
+        grad_weights = torch.stack([b.sum((2, 3), keepdim=True) for b in buffers], 1)
+        (grad_pooled,), grad_params = _gate_network_grads(ctx, (ctx.gate,), (grad_weights,))
+        grad_feats = []
+        for i, (f, buffer) in enumerate(zip(feats, buffers)):
+            if not ctx.needs_input_grad[2 + i]:
+                grad_feats.append(None)
+                continue
+            grad_f = torch.mul(grad, weights[:, i], out=buffer)
+            if grad_pooled is not None:
+                grad_f += grad_pooled.to(grad_f.dtype) / (f.shape[2] * f.shape[3])
+            grad_feats.append(grad_f)
+        return (None, None, *grad_feats) + _param_grads(ctx, grad_params, first=2 + len(feats))

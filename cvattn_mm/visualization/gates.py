@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from ..attention.channel.context_pooling import attention_pool, attention_weights
 from ..attention.channel.gc import _transform
 from ..attention.channel_spatial.triplet_attention import _z_pool
-from ..attention.norm import norm_any_batch
 
 
 def se_gate(module, x: torch.Tensor) -> torch.Tensor:
@@ -192,7 +191,5 @@ def multi_head_external_attention_softmax(module, x: torch.Tensor) -> torch.Tens
 def sk_weights(module, x: torch.Tensor) -> torch.Tensor:
     """SK's branch selection weights ``(N, M, C)`` (softmax over the M branches):
     ``y = sum_i weights[:, i] * branch_i(x)``."""
-    n, c = x.shape[:2]
     s = sum(branch(x).mean((2, 3), keepdim=True) for branch in module.branches)
-    z = module.fc_act(norm_any_batch(module.fc_norm, module.fc_reduce(s)))
-    return module.fc_select(z).reshape(n, module.num_branches, c).softmax(1)
+    return module.selection(s).flatten(2)

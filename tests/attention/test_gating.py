@@ -4,6 +4,7 @@ import torch
 
 from cvattn_mm.attention import gating
 from cvattn_mm.attention.channel.eca import ECA
+from cvattn_mm.attention.branch.sk import SK
 from cvattn_mm.attention.channel.se import SE
 from cvattn_mm.attention.channel_spatial.cbam import CBAM
 from cvattn_mm.attention.channel_spatial.coord_attention import CoordAttention
@@ -14,6 +15,10 @@ def reference(module, x):
     if isinstance(module, CoordAttention):
         a_h, a_w = module.gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
         return x * a_h * a_w
+    if isinstance(module, SK):
+        feats = [branch(x) for branch in module.branches]
+        weights = module.selection(sum(f.mean((2, 3), keepdim=True) for f in feats))
+        return sum(f * weights[:, i] for i, f in enumerate(feats))
     if isinstance(module, CBAM):
         if module.use_channel:
             x = x * module.channel_gate(x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True))
@@ -30,6 +35,9 @@ MODULES = {
     'ECA': lambda: ECA(16, kernel_size=3),
     'CoordAttention': lambda: CoordAttention(16, reduction=4, min_channels=4),
     'CBAM': lambda: CBAM(16, reduction=4),
+    'SK': lambda: SK(16, groups=4, min_channels=4),
+    'SK-3': lambda: SK(16, num_branches=3, groups=16, min_channels=4,
+                       act_cfg=dict(type='ReLU')),
     'CBAM-channel': lambda: CBAM(16, reduction=4, use_spatial=False, act_cfg=dict(type='PReLU')),
     'CBAM-spatial': lambda: CBAM(16, use_channel=False, kernel_size=3),
     'CoordAttention-gn': lambda: CoordAttention(16, reduction=4, min_channels=4,
@@ -57,10 +65,13 @@ def grads(module, x, weight):
 @pytest.mark.parametrize('shape', [(2, 16, 5, 7), (1, 16, 1, 1), (3, 16, 1, 6)])
 def test_same_values_and_gradients_as_autograd(name, shape):
     module = randomized(name)
+    if name.startswith('SK') and shape == (1, 16, 1, 1):
+        module.eval()  # its branch BNs see one value per channel: training would raise
     x = torch.randn(shape, dtype=torch.double)
     weight = torch.randn(shape, dtype=torch.double)  # a gradient that is not constant
     out, got = grads(module, x, weight)
-    assert 'Pooled' in out.grad_fn.name()  # the hand-written backward ran
+    hand_written = {'_PooledGateBackward', '_AxisPooledGatesBackward', '_SelectiveSumBackward'}
+    assert out.grad_fn.name() in hand_written
     x = x.detach().requires_grad_()
     expected_out = reference(module, x)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -73,7 +84,7 @@ def test_same_values_and_gradients_as_autograd(name, shape):
 @pytest.mark.parametrize('name', sorted(MODULES))
 def test_gradcheck(name):
     module = randomized(name)
-    if 'Coord' in name:
+    if 'Coord' in name or 'SK' in name:
         module.eval()  # BN in train mode mixes the batch: fine, but slow to gradcheck
     x = torch.randn(2, 16, 3, 4, dtype=torch.double, requires_grad=True)
     params = tuple(module.parameters())
@@ -108,7 +119,7 @@ def test_frozen_parameters_and_input_without_gradient(name):
     torch.testing.assert_close(x.grad, expected)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'CoordAttention'])
 def test_backward_twice_with_retain_graph(name):
     module = randomized(name)
     x = torch.randn(2, 16, 4, 5, dtype=torch.double, requires_grad=True)
@@ -119,7 +130,7 @@ def test_backward_twice_with_retain_graph(name):
     torch.testing.assert_close(x.grad, 2 * first)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'CoordAttention'])
 def test_channels_last_gradient_keeps_the_memory_format(name):
     module = randomized(name).float()
     x = torch.randn(2, 16, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
@@ -131,7 +142,7 @@ def test_channels_last_gradient_keeps_the_memory_format(name):
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'CoordAttention'])
 def test_bf16_autocast_gradients_match_autograd(name):
     module = randomized(name).float()
     x = torch.randn(2, 16, 6, 5, requires_grad=True)

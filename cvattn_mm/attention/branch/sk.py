@@ -6,7 +6,9 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_divisible, check_int, reduced_channels
+from ..gating import selective_sum
 from ..norm import norm_any_batch
+from ..pointwise import pointwise
 
 
 @register_model()
@@ -32,7 +34,8 @@ class SK(AttentionModule):
       The selection is batched (one 1x1 conv ``d -> M C``, one softmax over the branch axis);
       the pooling and the weighted sum accumulate over the M branch outputs (``addcmul``):
       stacking them for one batched product would copy M full maps and keep the copy for
-      backward (+40% saved activations at M = 2).
+      backward (+40% saved activations at M = 2). The fuse-and-select backward is
+      hand-written (:func:`~cvattn_mm.attention.gating.selective_sum`).
 
     Args:
         in_channels (int): Channels C (input and output); divisible by ``groups``.
@@ -88,17 +91,17 @@ class SK(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        n, c = x.shape[:2]
         feats = [branch(x) for branch in self.branches]  # M x (N, C, H, W)
-        s = feats[0].mean((2, 3), keepdim=True)
-        for f in feats[1:]:  # GAP(U) = sum of the branch GAPs; U is never materialised
-            s = s + f.mean((2, 3), keepdim=True)
-        z = self.fc_act(norm_any_batch(self.fc_norm, self.fc_reduce(s)))
-        a = self.fc_select(z).reshape(n, self.num_branches, c, 1, 1).softmax(1)
-        out = feats[0] * a[:, 0]
-        for i in range(1, self.num_branches):
-            out = torch.addcmul(out, feats[i], a[:, i])
-        return out
+        select = (self.fc_reduce, self.fc_norm, self.fc_act, self.fc_select)
+        return selective_sum(feats, self.selection, (p for m in select for p in m.parameters()))
+
+    def selection(self, s: torch.Tensor) -> torch.Tensor:
+        """The weights ``a`` (N, M, C, 1, 1), a softmax over the M branches, of the means ``s``
+        (N, C, 1, 1) of the branch sum."""
+        z = pointwise(self.fc_reduce, s.flatten(1))[:, :, None, None]
+        z = self.fc_act(norm_any_batch(self.fc_norm, z))
+        logits = pointwise(self.fc_select, z.flatten(1))
+        return logits.reshape(s.shape[0], self.num_branches, -1, 1, 1).softmax(1)
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, num_branches={self.num_branches}, '

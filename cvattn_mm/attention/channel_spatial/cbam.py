@@ -93,10 +93,10 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if self.use_channel:
-            params = [p for m in (self.fc1, self.act, self.fc2) for p in m.parameters()]
+            params = (p for m in (self.fc1, self.act, self.fc2) for p in m.parameters())
             x = pooled_gate(x, self.channel_gate, params, (2, 3), ('mean', 'max'))
         if self.use_spatial:
-            params = [p for m in (self.spatial_conv, self.spatial_norm) for p in m.parameters()]
+            params = (p for m in (self.spatial_conv, self.spatial_norm) for p in m.parameters())
             x = pooled_gate(x, self.spatial_gate, params, (1,), ('max', 'mean'))
         return x
 
