@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from cvattn_mm.attention import gating
-from cvattn_mm.attention.channel.eca import ECA
 from cvattn_mm.attention.branch.sk import SK
+from cvattn_mm.attention.channel.eca import ECA
 from cvattn_mm.attention.channel.se import SE
 from cvattn_mm.attention.channel_spatial.cbam import CBAM
 from cvattn_mm.attention.channel_spatial.coord_attention import CoordAttention
