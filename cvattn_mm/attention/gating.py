@@ -1,7 +1,8 @@
 """Gates computed from average-pooled descriptors, multiplied back onto the input.
 
 ``y = x * gate(mean_{H,W} x)`` is SE's and ECA's form (CBAM's gates pool the mean and the
-max, over the positions or over the channels); ``y = x * a_h * a_w`` with
+max, over the positions or over the channels; Triplet Attention sums three gates pooled over
+C, H and W); ``y = x * a_h * a_w`` with
 ``(a_h, a_w) = gates(mean_W x, mean_H x)`` is Coordinate Attention's. Autograd runs the
 backward of such a block as five or more passes over tensors of the size of ``x``:
 the product's two gradients (each written, one of them summed), the pooling's gradient
@@ -36,7 +37,7 @@ def pooled_gate(x: Tensor, gate_fn: Callable[..., Tensor], params: Iterable[nn.P
             to a gate of the same shape.
         params (sequence of Parameter): The parameters that ``gate_fn`` uses (they receive
             their gradients through this function).
-        dims (tuple): ``(2, 3)`` or ``(1,)``.
+        dims (tuple): The pooled axes: ``(2, 3)``, ``(1,)``, ``(2,)`` or ``(3,)``.
         pools (tuple): ``'mean'`` and / or ``'max'``, in the order of ``gate_fn``'s arguments.
             The gradient of a max goes to one maximal element (as with ``max_pool2d``);
             autograd's ``amax`` splits it between ties.
@@ -44,17 +45,50 @@ def pooled_gate(x: Tensor, gate_fn: Callable[..., Tensor], params: Iterable[nn.P
     Returns:
         Tensor: (N, C, H, W), in the memory format of ``x``.
     """
-    if dims not in _MAX_POOLS:
-        raise ValueError(f'pooled_gate: dims must be one of {sorted(_MAX_POOLS)}, got {dims}')
+    return pooled_gates_sum(x, lambda *descriptors: (gate_fn(*descriptors),), params,
+                            (dims,), pools)
+
+
+def pooled_gates_sum(x: Tensor, gates_fn: Callable[..., Tuple[Tensor, ...]],
+                     params: Iterable[nn.Parameter], dims: Tuple[Tuple[int, ...], ...],
+                     pools: Tuple[str, ...] = ('mean',)) -> Tensor:
+    """``x * sum_k a_k`` with ``(a_1, ...) = gates_fn(*descriptors)``: gate k is computed from
+    the ``pools`` of ``x`` over ``dims[k]`` and has their shape (Triplet Attention's form).
+
+    Args:
+        x (Tensor): (N, C, H, W) input.
+        gates_fn (callable): Maps the descriptors, gate by gate and within a gate in the
+            order of ``pools``, to the gates.
+        params (sequence of Parameter): The parameters that ``gates_fn`` uses.
+        dims (tuple of tuples): The pooled axes of each gate (see :func:`pooled_gate`).
+        pools (tuple): ``'mean'`` and / or ``'max'``, the same for every gate.
+
+    Returns:
+        Tensor: (N, C, H, W), in the memory format of ``x``.
+    """
+    for d in dims:
+        if d not in _MAX_POOLS:
+            raise ValueError(f'pooled_gate: dims must be one of {sorted(_MAX_POOLS)}, got {d}')
     unknown = set(pools) - {'mean', 'max'}
     if unknown:
         raise ValueError(f"pooled_gate: pools must be 'mean' or 'max', got {sorted(unknown)}")
     params = _params_for_custom_backward((x,), params)
     if params is not None:
-        return _PooledGate.apply(x, gate_fn, dims, pools, *params)
-    descriptors = (x.mean(dims, keepdim=True) if kind == 'mean' else x.amax(dims, keepdim=True)
-                   for kind in pools)
-    return x * gate_fn(*descriptors)
+        return _PooledGates.apply(x, gates_fn, dims, pools, *params)
+    descriptors = [x.mean(d, keepdim=True) if kind == 'mean' else x.amax(d, keepdim=True)
+                   for d in dims for kind in pools]
+    gates = gates_fn(*descriptors)
+    if torch.is_grad_enabled() or torch.jit.is_tracing():  # one graph in any grad mode
+        return x * sum(gates[1:], gates[0])
+    return _times_sum(x, gates)
+
+
+def _times_sum(x: Tensor, gates: Sequence[Tensor]) -> Tensor:
+    """``x * sum(gates)`` with one new tensor of the size of ``x`` (see :func:`_times_both`)."""
+    out = torch.mul(x, gates[0])
+    for gate in gates[1:]:
+        out.addcmul_(x, gate)
+    return out
 
 
 def _spatial_max(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -79,17 +113,19 @@ def _add_spatial_max_grad(grad_x: Tensor, index: Tensor, grad: Tensor) -> Tensor
     return grad_x
 
 
-def _channel_max(x: Tensor) -> Tuple[Tensor, Tensor]:
-    return x.max(1, keepdim=True)
+def _axis_max(dim: int):
+    def pool(x: Tensor) -> Tuple[Tensor, Tensor]:
+        return x.max(dim, keepdim=True)
 
+    def add_grad(grad_x: Tensor, index: Tensor, grad: Tensor) -> Tensor:
+        return grad_x.scatter_add_(dim, index, grad.to(grad_x.dtype))
 
-def _add_channel_max_grad(grad_x: Tensor, index: Tensor, grad: Tensor) -> Tensor:
-    return grad_x.scatter_add_(1, index, grad.to(grad_x.dtype))
+    return pool, add_grad
 
 
 #: Per pooled dims: the max with its index, and the scatter of its gradient into dL/dx.
-_MAX_POOLS = {(2, 3): (_spatial_max, _add_spatial_max_grad),
-              (1,): (_channel_max, _add_channel_max_grad)}
+_MAX_POOLS = {(2, 3): (_spatial_max, _add_spatial_max_grad), (1,): _axis_max(1),
+              (2,): _axis_max(2), (3,): _axis_max(3)}
 
 
 def axis_pooled_gates(x: Tensor, gates_fn: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]],
@@ -109,7 +145,7 @@ def axis_pooled_gates(x: Tensor, gates_fn: Callable[[Tensor, Tensor], Tuple[Tens
     if params is not None:
         return _AxisPooledGates.apply(x, gates_fn, *params)
     a_h, a_w = gates_fn(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or torch.jit.is_tracing():  # one graph in any grad mode
         return x * a_h * a_w
     return _times_both(x, a_h, a_w)
 
@@ -189,49 +225,55 @@ def _param_grads(ctx, grads, first: int = 2):
     return tuple(g if ctx.needs_input_grad[first + i] else None for i, g in enumerate(grads))
 
 
-class _PooledGate(torch.autograd.Function):
-    """Backward from ``g = dL/dy``: ``dL/da = sum_dims g x``; the gate network gives the
-    descriptors' gradients; ``dL/dx = g a + dL/d mean / n`` plus, for a max, its gradient at
-    the maximal element; all written into the buffer that held ``g x``."""
+class _PooledGates(torch.autograd.Function):
+    """Backward from ``g = dL/dy``: ``dL/da_k = sum_{dims_k} g x``; the gate network gives the
+    descriptors' gradients; ``dL/dx = g sum_k a_k`` plus each mean's gradient over its count
+    and each max's at its maximal element; all written into the buffer that held ``g x``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, gate_fn, dims, pools, *params: nn.Parameter) -> Tensor:
+    def forward(ctx, x: Tensor, gates_fn, dims, pools, *params: nn.Parameter) -> Tensor:
         descriptors, indices = [], []
-        for kind in pools:
-            if kind == 'mean':
-                descriptors.append(_leaf(x.mean(dims, keepdim=True)))
-                indices.append(None)
-            else:
-                values, index = _MAX_POOLS[dims][0](x)
-                descriptors.append(_leaf(values))
-                indices.append(index)
+        for d in dims:
+            for kind in pools:
+                if kind == 'mean':
+                    descriptors.append(_leaf(x.mean(d, keepdim=True)))
+                    indices.append(None)
+                else:
+                    values, index = _MAX_POOLS[d][0](x)
+                    descriptors.append(_leaf(values))
+                    indices.append(index)
         with torch.enable_grad():
-            gate = gate_fn(*descriptors)
+            gates = tuple(gates_fn(*descriptors))
         ctx.save_for_backward(x)
-        ctx.pooled, ctx.params, ctx.gate = tuple(descriptors), params, gate
+        ctx.pooled, ctx.params, ctx.gates = tuple(descriptors), params, gates
         ctx.dims, ctx.indices = dims, indices
-        return x * gate.detach()
+        return _times_sum(x, [gate.detach() for gate in gates])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         x, = ctx.saved_tensors
         buffer = torch.mul(grad, x)
-        grad_gate = buffer.sum(ctx.dims, keepdim=True)
-        grad_pooled, grad_params = _gate_network_grads(ctx, (ctx.gate,), (grad_gate,))
+        grad_gates = [buffer.sum(d, keepdim=True) for d in ctx.dims]
+        grad_pooled, grad_params = _gate_network_grads(ctx, ctx.gates, grad_gates)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mul(grad, ctx.gate.detach(), out=buffer)
-            count = 1
-            for d in ctx.dims:
-                count *= x.shape[d]
-            for g, index in zip(grad_pooled, ctx.indices):
+            gates = [gate.detach() for gate in ctx.gates]
+            grad_x = torch.mul(grad, gates[0], out=buffer)
+            for gate in gates[1:]:
+                grad_x.addcmul_(grad, gate)
+            per_gate = len(grad_pooled) // len(ctx.dims)
+            for i, (g, index) in enumerate(zip(grad_pooled, ctx.indices)):
+                d = ctx.dims[i // per_gate]
                 if g is None:
                     continue
                 if index is None:
+                    count = 1
+                    for axis in d:
+                        count *= x.shape[axis]
                     grad_x += g.to(grad_x.dtype) / count
                 else:
-                    grad_x = _MAX_POOLS[ctx.dims][1](grad_x, index, g)
+                    grad_x = _MAX_POOLS[d][1](grad_x, index, g)
         return (grad_x, None, None, None) + _param_grads(ctx, grad_params, first=4)
 
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from ..attention.channel.context_pooling import attention_pool, attention_weights
 from ..attention.channel.gc import _transform
-from ..attention.channel_spatial.triplet_attention import _z_pool
 
 
 def se_gate(module, x: torch.Tensor) -> torch.Tensor:
@@ -98,13 +97,17 @@ def triplet_gates(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         dict: ``cw`` (N, C, 1, W), pooled over H; ``hc`` (N, C, H, 1), pooled over W;
         ``hw`` (N, 1, H, W), pooled over C (absent with ``no_spatial``).
     """
-    gates = {'cw': torch.sigmoid(module.bn_cw(module.conv_cw(_z_pool(x, 2)))).transpose(1, 2)}
-    weight = module.conv_hc.weight.transpose(2, 3)
-    z_hc = F.conv2d(_z_pool(x, 3), weight, padding=module.kernel_size // 2)
-    gates['hc'] = torch.sigmoid(module.bn_hc(z_hc)).permute(0, 2, 3, 1)
-    if not module.no_spatial:
-        gates['hw'] = torch.sigmoid(module.bn_hw(module.conv_hw(_z_pool(x, 1))))
-    return gates
+    descriptors = [pool(x, d) for d in ((2,), (3,), (1,))[:3 - module.no_spatial]
+                   for pool in (_amax, _mean)]
+    return dict(zip(('cw', 'hc', 'hw'), module.gates(*descriptors)))
+
+
+def _amax(x: torch.Tensor, dims) -> torch.Tensor:
+    return x.amax(dims, keepdim=True)
+
+
+def _mean(x: torch.Tensor, dims) -> torch.Tensor:
+    return x.mean(dims, keepdim=True)
 
 
 def simam_gate(module, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from cvattn_mm.attention.channel.eca import ECA
 from cvattn_mm.attention.channel.se import SE
 from cvattn_mm.attention.channel_spatial.cbam import CBAM
 from cvattn_mm.attention.channel_spatial.coord_attention import CoordAttention
+from cvattn_mm.attention.channel_spatial.triplet_attention import TripletAttention
 
 
 def reference(module, x):
@@ -15,6 +16,11 @@ def reference(module, x):
     if isinstance(module, CoordAttention):
         a_h, a_w = module.gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
         return x * a_h * a_w
+    if isinstance(module, TripletAttention):
+        dims = (2, 3) if module.no_spatial else (2, 3, 1)
+        gates = module.gates(*[pool for d in dims
+                               for pool in (x.amax(d, keepdim=True), x.mean(d, keepdim=True))])
+        return x * sum(gates) / len(gates)
     if isinstance(module, SK):
         feats = [branch(x) for branch in module.branches]
         weights = module.selection(sum(f.mean((2, 3), keepdim=True) for f in feats))
@@ -35,6 +41,8 @@ MODULES = {
     'ECA': lambda: ECA(16, kernel_size=3),
     'CoordAttention': lambda: CoordAttention(16, reduction=4, min_channels=4),
     'CBAM': lambda: CBAM(16, reduction=4),
+    'TripletAttention': lambda: TripletAttention(16, kernel_size=3),
+    'TripletAttention-no-spatial': lambda: TripletAttention(kernel_size=5, no_spatial=True),
     'SK': lambda: SK(16, groups=4, min_channels=4),
     'SK-3': lambda: SK(16, num_branches=3, groups=16, min_channels=4,
                        act_cfg=dict(type='ReLU')),
@@ -65,12 +73,12 @@ def grads(module, x, weight):
 @pytest.mark.parametrize('shape', [(2, 16, 5, 7), (1, 16, 1, 1), (3, 16, 1, 6)])
 def test_same_values_and_gradients_as_autograd(name, shape):
     module = randomized(name)
-    if name.startswith('SK') and shape == (1, 16, 1, 1):
-        module.eval()  # its branch BNs see one value per channel: training would raise
+    if name.startswith(('SK', 'Triplet')) and shape == (1, 16, 1, 1):
+        module.eval()  # their BNs see one value per channel: training would raise
     x = torch.randn(shape, dtype=torch.double)
     weight = torch.randn(shape, dtype=torch.double)  # a gradient that is not constant
     out, got = grads(module, x, weight)
-    hand_written = {'_PooledGateBackward', '_AxisPooledGatesBackward', '_SelectiveSumBackward'}
+    hand_written = {'_PooledGatesBackward', '_AxisPooledGatesBackward', '_SelectiveSumBackward'}
     assert out.grad_fn.name() in hand_written
     x = x.detach().requires_grad_()
     expected_out = reference(module, x)
@@ -97,7 +105,7 @@ def test_gradcheck(name):
     assert torch.autograd.gradcheck(fn, (x,) + params)
 
 
-@pytest.mark.parametrize('name', ['SE', 'CBAM', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'CBAM', 'TripletAttention', 'CoordAttention'])
 def test_frozen_parameters_and_input_without_gradient(name):
     module = randomized(name)
     x = torch.randn(2, 16, 5, 6, dtype=torch.double)
@@ -119,7 +127,7 @@ def test_frozen_parameters_and_input_without_gradient(name):
     torch.testing.assert_close(x.grad, expected)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'TripletAttention', 'CoordAttention'])
 def test_backward_twice_with_retain_graph(name):
     module = randomized(name)
     x = torch.randn(2, 16, 4, 5, dtype=torch.double, requires_grad=True)
@@ -130,7 +138,7 @@ def test_backward_twice_with_retain_graph(name):
     torch.testing.assert_close(x.grad, 2 * first)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'TripletAttention', 'CoordAttention'])
 def test_channels_last_gradient_keeps_the_memory_format(name):
     module = randomized(name).float()
     x = torch.randn(2, 16, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
@@ -142,7 +150,7 @@ def test_channels_last_gradient_keeps_the_memory_format(name):
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'CoordAttention'])
+@pytest.mark.parametrize('name', ['SE', 'ECA', 'CBAM', 'SK', 'TripletAttention', 'CoordAttention'])
 def test_bf16_autocast_gradients_match_autograd(name):
     module = randomized(name).float()
     x = torch.randn(2, 16, 6, 5, requires_grad=True)

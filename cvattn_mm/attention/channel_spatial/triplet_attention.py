@@ -1,4 +1,5 @@
 """Triplet Attention."""
+from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -8,11 +9,12 @@ from mmcv.cnn import build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_odd
+from ..gating import pooled_gates_sum
 
 
-def _z_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Max and mean over ``dim``, stacked as two channels: (N, 2, <the other two axes>)."""
-    z = torch.stack((x.amax(dim), x.mean(dim)), dim=1)
+def _z_pool(max_: torch.Tensor, mean: torch.Tensor, dim: int) -> torch.Tensor:
+    """The ``keepdim`` max and mean over ``dim`` as two channels: (N, 2, <the other axes>)."""
+    z = torch.stack((max_.squeeze(dim), mean.squeeze(dim)), dim=1)
     if z.requires_grad and z.is_cpu:
         # oneDNN's input gradient of a 2 -> 1 channel conv is 2-4x faster on an NHWC input
         # (measured on CPU); the copy is of the small pooled map, the values are unchanged.
@@ -37,7 +39,9 @@ class TripletAttention(AttentionModule):
 
     Deviations: the official ResNet initialiser zero-initialises the BN weight of the (H, W)
     branch (a rule inherited from CBAM's code, not in the paper); here every BN starts at the
-    standard weight 1. The default BN momentum 0.01 is the official code's.
+    standard weight 1. The default BN momentum 0.01 is the official code's. The backward is
+    hand-written (:func:`~cvattn_mm.attention.gating.pooled_gates_sum`); a max pool's gradient
+    goes to one maximal element, as with the official code's ``torch.max``.
 
     Args:
         in_channels (int | None): Channels C, checked on the input if given; the module
@@ -78,21 +82,30 @@ class TripletAttention(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        scale = 1 / (2 if self.no_spatial else 3)
-        # Pool over H: a (C, W) map -> gate (N, 1, C, W) -> (N, C, 1, W).
-        g_cw = torch.sigmoid(self.bn_cw(self.conv_cw(_z_pool(x, 2))))
-        gate = g_cw.transpose(1, 2) * scale
-        # Pool over W: a (C, H) map; the paper convolves the (H, C) map, so the kernel is
+        dims = ((2,), (3,)) if self.no_spatial else ((2,), (3,), (1,))
+        scale = 1 / len(dims)
+
+        def scaled_gates(*descriptors):
+            return tuple(gate * scale for gate in self.gates(*descriptors))
+
+        return pooled_gates_sum(x, scaled_gates, self.parameters(), dims, ('max', 'mean'))
+
+    def gates(self, *descriptors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The branch gates of the ``keepdim`` max and mean of ``x`` over H, over W and (unless
+        ``no_spatial``) over C: ``g_cw`` (N, C, 1, W), ``g_hc`` (N, C, H, 1), ``g_hw``
+        (N, 1, H, W)."""
+        # Pooled over H: a (C, W) map -> gate (N, 1, C, W) -> (N, C, 1, W).
+        g_cw = torch.sigmoid(self.bn_cw(self.conv_cw(_z_pool(*descriptors[:2], 2))))
+        # Pooled over W: a (C, H) map; the paper convolves the (H, C) map, so the kernel is
         # transposed -> gate (N, 1, C, H) -> (N, C, H, 1).
         weight = self.conv_hc.weight.transpose(2, 3)
-        z_hc = F.conv2d(_z_pool(x, 3), weight, padding=self.kernel_size // 2)
-        g_hc = torch.sigmoid(self.bn_hc(z_hc))
-        gate = gate + g_hc.permute(0, 2, 3, 1) * scale
-        if not self.no_spatial:
-            # Pool over C: an (H, W) map -> gate (N, 1, H, W).
-            g_hw = torch.sigmoid(self.bn_hw(self.conv_hw(_z_pool(x, 1))))
-            gate = gate + g_hw * scale
-        return x * gate
+        z_hc = F.conv2d(_z_pool(*descriptors[2:4], 3), weight, padding=self.kernel_size // 2)
+        gates = (g_cw.transpose(1, 2), torch.sigmoid(self.bn_hc(z_hc)).permute(0, 2, 3, 1))
+        if self.no_spatial:
+            return gates
+        # Pooled over C: an (H, W) map -> gate (N, 1, H, W).
+        g_hw = torch.sigmoid(self.bn_hw(self.conv_hw(_z_pool(*descriptors[4:6], 1))))
+        return gates + (g_hw,)
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, kernel_size={self.kernel_size}, '
