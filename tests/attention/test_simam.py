@@ -120,3 +120,41 @@ def test_trace_generalises_to_other_sizes():
     for size in [(5, 7), (1, 1), (16, 3)]:
         x = torch.randn(2, 4, *size)
         torch.testing.assert_close(traced(x), module(x))
+
+
+def _autograd_simam(x, e_lambda):
+    """The plain ops, differentiated by autograd."""
+    hw = x.shape[2] * x.shape[3]
+    d = (x - x.mean((2, 3), keepdim=True)).square()
+    inv = 1 / (d.sum((2, 3), keepdim=True) / max(hw - 1, 1) * 4 + 4 * e_lambda)
+    return x * torch.sigmoid(d * inv + 0.5)
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 5, 7), (1, 4, 1, 1), (2, 2, 1, 6), (1, 2, 9, 1)])
+@pytest.mark.parametrize('e_lambda', [1e-4, 0.1])
+def test_hand_written_backward_equals_autograd(shape, e_lambda):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.3).requires_grad_()
+    weight = torch.randn(shape, generator=gen, dtype=torch.float64)
+    y = SimAM(e_lambda=e_lambda)(x)
+    assert y.grad_fn.name() == '_SimAMBackward'
+    (got,) = torch.autograd.grad((y * weight).sum(), x)
+    expected_y = _autograd_simam(x, e_lambda)
+    (expected,) = torch.autograd.grad((expected_y * weight).sum(), x)
+    torch.testing.assert_close(y, expected_y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+    assert torch.autograd.gradcheck(SimAM(e_lambda=e_lambda), (x,))
+
+
+def test_hand_written_backward_channels_last_and_bf16():
+    x = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
+    out = SimAM()(x)
+    out.backward(torch.ones_like(out))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    y = x.detach().contiguous().requires_grad_()
+    _autograd_simam(y, 1e-4).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-5)
+    xb = x.detach().bfloat16().requires_grad_()
+    SimAM()(xb).float().sum().backward()
+    assert xb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(xb.grad.float(), y.grad, rtol=0.1, atol=0.1)

@@ -1,6 +1,8 @@
 """SimAM: parameter-free attention from an energy function."""
+from typing import Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ...registry import register_model
 from ..base import AttentionModule
@@ -24,6 +26,8 @@ class SimAM(AttentionModule):
     The paper puts the module after the 3x3 conv of each residual branch, before its BN.
 
     Deviations: ``H * W = 1`` gives ``x * sigmoid(0.5)`` where the official code gives NaN.
+    The forward works in place and the backward is hand-written (``_SimAM``), except under
+    ``torch.jit`` tracing and ``torch.compile``.
 
     Args:
         in_channels (int | None): Channels C, checked on the input if given; the module
@@ -51,13 +55,62 @@ class SimAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         hw = x.shape[2] * x.shape[3]
-        d = (x - x.mean((2, 3), keepdim=True)).square()
         # 1 / (4 (v + lambda)), v = sum(d) / max(n, 1) = mean(d) * H W / max(n, 1): a mean
         # does not overflow in float16 where a sum can. max(n, 1) = n + 1 // HW (HW >= 1),
         # written without a comparison so that a traced graph stays valid for any size.
         scale = 4 * hw / (hw - 1 + 1 // hw)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if not tracing and torch.is_grad_enabled() and x.requires_grad:
+            return _SimAM.apply(x, scale, 4 * self.e_lambda)
+        if not tracing and not torch.is_grad_enabled():
+            return x * _gate_(x - x.mean((2, 3), keepdim=True), scale, 4 * self.e_lambda)[0]
+        d = (x - x.mean((2, 3), keepdim=True)).square()
         inv = 1 / (d.mean((2, 3), keepdim=True) * scale + 4 * self.e_lambda)
         return x * torch.sigmoid(d * inv + 0.5)
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, e_lambda={self.e_lambda}'
+
+
+def _gate_(centred: torch.Tensor, scale: float, bias: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``sigmoid(d * inv + 0.5)`` with ``d = centred ** 2``, in place in ``centred``; and
+    ``inv = 1 / (mean(d) * scale + bias)`` (N, C, 1, 1)."""
+    d = centred.square_()
+    inv = torch.reciprocal(d.mean((2, 3), keepdim=True).mul_(scale).add_(bias))
+    return d.mul_(inv).add_(0.5).sigmoid_(), inv
+
+
+class _SimAM(torch.autograd.Function):
+    """SimAM's forward in place in two tensors of the size of ``x`` (autograd's needs six),
+    and its backward in closed form. With ``xc = x - mu``, ``s`` the gate, ``g = dL/dy``,
+    ``q = g x s (1 - s)``, ``n = H W``:
+
+    ``dL/dx = g s + 2 xc (q inv - scale inv^2 sum(q xc^2) / n) - 2 inv sum(q xc) / n``
+
+    (sums per channel; the term of ``sum(xc) = 0`` is left out). Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float, bias: float) -> torch.Tensor:
+        mu = x.mean((2, 3), keepdim=True)
+        gate, inv = _gate_(x - mu, scale, bias)
+        ctx.save_for_backward(x, mu, gate, inv)
+        ctx.scale = scale
+        return x * gate
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, mu, gate, inv = ctx.saved_tensors
+        n = x.shape[2] * x.shape[3]
+        q = torch.rsub(gate, 1).mul_(gate).mul_(grad).mul_(x)  # dL/dt
+        centred = x - mu
+        buffer = q * centred
+        sum_qx = buffer.sum((2, 3), keepdim=True)
+        sum_qd = buffer.mul_(centred).sum((2, 3), keepdim=True)
+        # dL/dd = q inv + c1, then times 2 xc; the mean's share: -2 inv sum(q xc) / n.
+        c1 = inv.square().mul_(sum_qd).mul_(-ctx.scale / n)
+        grad_x = torch.mul(grad, gate, out=buffer)
+        grad_x.add_(q.mul_(inv).add_(c1).mul_(centred), alpha=2)
+        grad_x.sub_(inv.mul(sum_qx).mul_(2 / n))
+        return grad_x, None, None
