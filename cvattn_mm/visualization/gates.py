@@ -122,20 +122,8 @@ def simam_gate(module, x: torch.Tensor) -> torch.Tensor:
 def scsa_gates(module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SCSA's gates: SMSA's ``a_h`` (N, C, H, 1), ``a_w`` (N, C, 1, W) and PCSA's channel
     gate ``a_c`` (N, C, 1, 1), computed on ``x * a_h * a_w``: ``y = x * a_h * a_w * a_c``."""
-    n, c, h, _ = x.shape
-    pad = module.pad
-    seq = torch.cat((F.pad(x.mean(3), (0, pad)), x.mean(2)), dim=2)
-    kernel = F.pad(module.smsa_weight, (1, 0))[module.smsa_index].unsqueeze(1)
-    s = F.conv1d(seq, kernel, module.smsa_bias, padding=pad, groups=c)
-    a_h = module._gate(module.norm_h(s[..., :h]), -1).unsqueeze(3)
-    a_w = module._gate(module.norm_w(s[..., h + pad:]), -1).unsqueeze(2)
-    y = module.norm(module._down_sample(x * a_h * a_w)).flatten(2)
-    qkv = y.unsqueeze(1) * module.qkv_weight[:, :, None]
-    if module.qkv_bias is not None:
-        qkv = qkv + module.qkv_bias[:, :, None]
-    q, k, v = qkv.reshape(n, 3, module.head_num, module.head_dim, -1).unbind(1)
-    a_c = F.scaled_dot_product_attention(q, k, v, scale=module.scale)
-    return a_h, a_w, module._gate(a_c.mean(3).reshape(n, c, 1, 1), 1)
+    a_h, a_w = module.smsa_gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
+    return a_h, a_w, module.channel_gate(x * a_h * a_w)
 
 
 def non_local_attention(module, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:

@@ -1,5 +1,5 @@
 """Spatial and Channel Synergistic Attention (SCSA)."""
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -9,6 +9,7 @@ from mmcv.cnn import build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_divisible, check_int, check_odd, check_positive_float
+from ..gating import axis_pooled_gates
 
 #: SMSA splits the channels into this many sub-features, one kernel size each.
 SMSA_GROUPS = 4
@@ -35,7 +36,8 @@ class SCSA(AttentionModule):
     * the 4 depthwise convs run as ONE depthwise conv whose smaller kernels are zero-padded
       (centred) to the largest; their weights are stored flat in ``smsa_weight``: the
       official ``local_dwc, global_dwc_s/m/l`` weights flattened and concatenated in that
-      order (``smsa_bias`` likewise). Both directions share that one conv call.
+      order (``smsa_bias`` likewise). Both directions share that one conv call. SMSA's
+      backward is hand-written (:func:`~cvattn_mm.attention.gating.axis_pooled_gates`).
     * 'recombination' (an undefined method in the official code) moves each window into the
       channels and reduces them by a bias-free 1x1 conv ``C ws^2 -> C``; this is computed as
       the identical ``ws x ws`` conv with stride ``ws`` (its weight is the 1x1 weight reshaped).
@@ -182,18 +184,28 @@ class SCSA(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        n, c, h, _ = x.shape
-        pad = self.pad
+        smsa = (self.smsa_weight, self.smsa_bias, *self.norm_h.parameters(),
+                *self.norm_w.parameters())
+        x = axis_pooled_gates(x, self.smsa_gates, smsa)
+        return x * self.channel_gate(x)
 
-        # SMSA: both directions in one depthwise conv, separated by `pad` zeros.
-        seq = torch.cat((F.pad(x.mean(3), (0, pad)), x.mean(2)), dim=2)  # (N, C, H + pad + W)
+    def smsa_gates(self, z_h: torch.Tensor, z_w: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """SMSA's gates ``a_h`` (N, C, H, 1) and ``a_w`` (N, C, 1, W) of the row means ``z_h``
+        (N, C, H, 1) and the column means ``z_w`` (N, C, 1, W)."""
+        c, h, pad = z_h.shape[1], z_h.shape[2], self.pad
+        # Both directions in one depthwise conv, separated by `pad` zeros.
+        seq = torch.cat((F.pad(z_h[..., 0], (0, pad)), z_w[:, :, 0]), dim=2)  # (N, C, H+pad+W)
         kernel = F.pad(self.smsa_weight, (1, 0))[self.smsa_index].unsqueeze(1)  # (C, 1, k_max)
         s = F.conv1d(seq, kernel, self.smsa_bias, padding=pad, groups=c)
         a_h = self._gate(self.norm_h(s[..., :h]), -1)
         a_w = self._gate(self.norm_w(s[..., h + pad:]), -1)
-        x = x * a_h.unsqueeze(3) * a_w.unsqueeze(2)
+        return a_h.unsqueeze(3), a_w.unsqueeze(2)
 
-        # PCSA: channel self-attention on the down-sampled map, one matrix per head.
+    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """PCSA's gate (N, C, 1, 1): channel self-attention on the down-sampled map, one
+        matrix per head."""
+        n, c = x.shape[:2]
         y = self.norm(self._down_sample(x)).flatten(2)  # (N, C, L)
         qkv = y.unsqueeze(1) * self.qkv_weight[:, :, None]  # (N, 3, C, L)
         if self.qkv_bias is not None:
@@ -202,7 +214,7 @@ class SCSA(AttentionModule):
         drop = self.attn_drop_ratio if self.training else 0.
         # (N, heads, head_dim, L): the channels are the tokens, the positions their features.
         a_c = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
-        return x * self._gate(a_c.mean(3).reshape(n, c, 1, 1), 1)
+        return self._gate(a_c.mean(3).reshape(n, c, 1, 1), 1)
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, head_num={self.head_num}, '
