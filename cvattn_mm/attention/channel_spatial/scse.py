@@ -79,7 +79,12 @@ class SCSE(AttentionModule):
         """The cSE gate ``g_c`` (N, C, 1, 1) and the sSE gate ``g_s`` (N, 1, H, W)."""
         hidden = self.act(pointwise(self.fc1, x.mean((2, 3))))
         g_c = torch.sigmoid(pointwise(self.fc2, hidden))[:, :, None, None]
-        return g_c, torch.sigmoid(self.spatial_conv(x))
+        # The C -> 1 conv as (1, C) @ (N, C, HW) (a view of x in both memory formats): as
+        # fast forward, and its backward avoids oneDNN's slow one-output-channel conv's.
+        n, _, h, w = x.shape
+        conv = self.spatial_conv
+        logits = torch.matmul(conv.weight.flatten(1).expand(n, 1, -1), x.flatten(2))
+        return g_c, torch.sigmoid(logits + conv.bias).view(n, 1, h, w)
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
