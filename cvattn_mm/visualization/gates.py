@@ -97,8 +97,7 @@ def triplet_gates(module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         dict: ``cw`` (N, C, 1, W), pooled over H; ``hc`` (N, C, H, 1), pooled over W;
         ``hw`` (N, 1, H, W), pooled over C (absent with ``no_spatial``).
     """
-    descriptors = [pool(x, d) for d in ((2,), (3,), (1,))[:3 - module.no_spatial]
-                   for pool in (_amax, _mean)]
+    descriptors = [pool(x, d) for d in module.pooled_axes for pool in (_amax, _mean)]
     return dict(zip(('cw', 'hc', 'hw'), module.gates(*descriptors)))
 
 

@@ -22,8 +22,7 @@ def reference(module, x):
         x = x * a_h * a_w
         return x * module.channel_gate(x)
     if isinstance(module, TripletAttention):
-        dims = (2, 3) if module.no_spatial else (2, 3, 1)
-        gates = module.gates(*[pool for d in dims
+        gates = module.gates(*[pool for d in module.pooled_axes
                                for pool in (x.amax(d, keepdim=True), x.mean(d, keepdim=True))])
         return x * sum(gates) / len(gates)
     if isinstance(module, SK):

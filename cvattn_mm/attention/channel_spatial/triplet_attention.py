@@ -82,13 +82,18 @@ class TripletAttention(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        dims = ((2,), (3,)) if self.no_spatial else ((2,), (3,), (1,))
-        scale = 1 / len(dims)
+        scale = 1 / len(self.pooled_axes)
 
         def scaled_gates(*descriptors):
             return tuple(gate * scale for gate in self.gates(*descriptors))
 
-        return pooled_gates_sum(x, scaled_gates, self.parameters(), dims, ('max', 'mean'))
+        return pooled_gates_sum(x, scaled_gates, self.parameters(), self.pooled_axes,
+                                ('max', 'mean'))
+
+    @property
+    def pooled_axes(self) -> Tuple[Tuple[int], ...]:
+        """The axis each branch pools over, in the order of :meth:`gates`: H, W (and C)."""
+        return ((2,), (3,)) if self.no_spatial else ((2,), (3,), (1,))
 
     def gates(self, *descriptors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """The branch gates of the ``keepdim`` max and mean of ``x`` over H, over W and (unless
