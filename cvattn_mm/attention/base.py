@@ -1,10 +1,11 @@
-"""The base class of every attention module: metadata and input validation."""
-from typing import ClassVar, Optional
+"""The base class of every attention module: metadata, input validation, attention maps."""
+from typing import ClassVar, Dict, Optional
 
 import torch
 from mmengine.model import BaseModule
 
 from .checks import check_int
+from .maps import AttentionMap
 
 #: The families of attention, after Guo et al., "Attention mechanisms in computer vision:
 #: a survey" (arXiv:2111.07624).
@@ -36,12 +37,16 @@ def loads_checkpoint(init_cfg) -> bool:
 class AttentionModule(BaseModule):
     """Base of the attention modules of cvattn_mm.
 
-    A subclass maps an ``(N, C, H, W)`` tensor to a tensor of the same shape and declares:
+    A subclass maps an ``(N, C, H, W)`` tensor to a tensor of the same shape, computes its
+    attention maps with :meth:`attention_maps`, and declares:
 
     * ``family``: a key of :data:`FAMILIES`;
     * ``paper``: authors, title, venue and arXiv id;
     * ``paper_position``: a key of :data:`PAPER_POSITIONS`;
     * ``_abbr_``: the short, unique name used in state-dict keys and plug-in names.
+
+    The whole contract, and how to add a module: docs/architecture.md and
+    docs/adding_a_module.md.
 
     Args:
         in_channels (int | None): Channel count C of the input. ``None`` only for modules
@@ -92,6 +97,16 @@ class AttentionModule(BaseModule):
             raise ValueError(f'{type(self).__name__} was built for in_channels='
                              f'{self.in_channels} but got {x.shape[1]} channels '
                              f'(input shape {tuple(x.shape)})')
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """The module's attention maps for its input ``x`` (N, C, H, W), by name.
+
+        Computed with the same methods as the forward (the gates it multiplies by, the
+        weights it averages with), so that a map shows what the forward applies; the tests
+        rebuild each forward from them. Called in eval mode without gradients by
+        :func:`cvattn_mm.visualization.extract_maps`. Every module implements it.
+        """
+        raise NotImplementedError(f'{type(self).__name__} does not implement attention_maps')
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}'

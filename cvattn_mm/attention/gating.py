@@ -14,20 +14,23 @@ makes the block's forward+backward 1.1-3x faster on CPU (README, benchmark). Onl
 network (a function of the pooled descriptors) is differentiated by autograd, so any
 activation, norm or convolution can be used in it.
 
-The plain ops run when no gradient is needed, and under ``torch.jit`` tracing or
-``torch.compile`` (which fuse the plain ops themselves); the results are the same.
-Not twice differentiable.
+Each function takes the gate network as a callable and the module(s) whose layers it calls
+(their parameters receive their gradients through the Function). The plain ops run when no
+gradient is needed, when the fast path is switched off, and under ``torch.jit`` tracing or
+``torch.compile`` (which fuse the plain ops themselves); the values are the same
+(:mod:`.fast_backward` gives the rules and the switch). Not twice differentiable.
 """
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 from torch.autograd.function import once_differentiable
+
+from .fast_backward import Modules, amp_backward, amp_forward, fast_backward_params
 
 Tensor = torch.Tensor
 
 
-def pooled_gate(x: Tensor, gate_fn: Callable[..., Tensor], params: Iterable[nn.Parameter],
+def pooled_gate(x: Tensor, gate_fn: Callable[..., Tensor], modules: Modules,
                 dims: Tuple[int, ...] = (2, 3), pools: Tuple[str, ...] = ('mean',)) -> Tensor:
     """``x * gate_fn(*descriptors)``, each descriptor a pool of ``x`` over ``dims``.
 
@@ -36,8 +39,8 @@ def pooled_gate(x: Tensor, gate_fn: Callable[..., Tensor], params: Iterable[nn.P
         gate_fn (callable): Maps the descriptors (``keepdim`` pools of ``x``: (N, C, 1, 1)
             over the positions, ``dims=(2, 3)``; (N, 1, H, W) over the channels, ``dims=(1,)``)
             to a gate of the same shape.
-        params (sequence of Parameter): The parameters that ``gate_fn`` uses (they receive
-            their gradients through this function).
+        modules (Module | sequence of Module): The modules whose layers ``gate_fn`` calls
+            (their parameters receive their gradients through this function).
         dims (tuple): The pooled axes: ``(2, 3)``, ``(1,)``, ``(2,)`` or ``(3,)``.
         pools (tuple): ``'mean'`` and / or ``'max'``, in the order of ``gate_fn``'s arguments.
             The gradient of a max goes to one maximal element (as with ``max_pool2d``);
@@ -46,12 +49,12 @@ def pooled_gate(x: Tensor, gate_fn: Callable[..., Tensor], params: Iterable[nn.P
     Returns:
         Tensor: (N, C, H, W), in the memory format of ``x``.
     """
-    return pooled_gates_sum(x, lambda *descriptors: (gate_fn(*descriptors),), params,
+    return pooled_gates_sum(x, lambda *descriptors: (gate_fn(*descriptors),), modules,
                             (dims,), pools)
 
 
 def pooled_gates_sum(x: Tensor, gates_fn: Callable[..., Tuple[Tensor, ...]],
-                     params: Iterable[nn.Parameter], dims: Tuple[Tuple[int, ...], ...],
+                     modules: Modules, dims: Tuple[Tuple[int, ...], ...],
                      pools: Tuple[str, ...] = ('mean',)) -> Tensor:
     """``x * sum_k a_k`` with ``(a_1, ...) = gates_fn(*descriptors)``: gate k is computed from
     the ``pools`` of ``x`` over ``dims[k]`` and has their shape (Triplet Attention's form).
@@ -60,7 +63,7 @@ def pooled_gates_sum(x: Tensor, gates_fn: Callable[..., Tuple[Tensor, ...]],
         x (Tensor): (N, C, H, W) input.
         gates_fn (callable): Maps the descriptors, gate by gate and within a gate in the
             order of ``pools``, to the gates.
-        params (sequence of Parameter): The parameters that ``gates_fn`` uses.
+        modules (Module | sequence of Module): The modules whose layers ``gates_fn`` calls.
         dims (tuple of tuples): The pooled axes of each gate (see :func:`pooled_gate`).
         pools (tuple): ``'mean'`` and / or ``'max'``, the same for every gate.
 
@@ -73,7 +76,7 @@ def pooled_gates_sum(x: Tensor, gates_fn: Callable[..., Tuple[Tensor, ...]],
     unknown = set(pools) - {'mean', 'max'}
     if unknown:
         raise ValueError(f"pooled_gate: pools must be 'mean' or 'max', got {sorted(unknown)}")
-    params = _params_for_custom_backward((x,), params)
+    params = fast_backward_params((x,), modules)
     if params is not None:
         return _PooledGates.apply(x, gates_fn, dims, pools, *params)
     descriptors = [x.mean(d, keepdim=True) if kind == 'mean' else x.amax(d, keepdim=True)
@@ -130,19 +133,19 @@ _MAX_POOLS = {(2, 3): (_spatial_max, _add_spatial_max_grad), (1,): _axis_max(1),
 
 
 def axis_pooled_gates(x: Tensor, gates_fn: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]],
-                      params: Iterable[nn.Parameter]) -> Tensor:
+                      modules: Modules) -> Tensor:
     """``x * a_h * a_w`` with ``a_h, a_w = gates_fn(x.mean(3, True), x.mean(2, True))``.
 
     Args:
         x (Tensor): (N, C, H, W) input.
         gates_fn (callable): Maps the row means (N, C, H, 1) and the column means
             (N, C, 1, W) to the gates ``a_h`` (N, C, H, 1) and ``a_w`` (N, C, 1, W).
-        params (sequence of Parameter): The parameters that ``gates_fn`` uses.
+        modules (Module | sequence of Module): The modules whose layers ``gates_fn`` calls.
 
     Returns:
         Tensor: (N, C, H, W), in the memory format of ``x``.
     """
-    params = _params_for_custom_backward((x,), params)
+    params = fast_backward_params((x,), modules)
     if params is not None:
         return _AxisPooledGates.apply(x, gates_fn, *params)
     a_h, a_w = gates_fn(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
@@ -152,19 +155,19 @@ def axis_pooled_gates(x: Tensor, gates_fn: Callable[[Tensor, Tensor], Tuple[Tens
 
 
 def selective_sum(feats: Sequence[Tensor], select_fn: Callable[[Tensor], Tensor],
-                  params: Iterable[nn.Parameter]) -> Tensor:
+                  modules: Modules) -> Tensor:
     """``sum_i a_i * F_i`` with ``a = select_fn(sum_i mean_{H,W} F_i)``: SK's fuse and select.
 
     Args:
         feats (sequence of Tensor): M branch outputs ``F_i``, (N, C, H, W) each.
         select_fn (callable): Maps the (N, C, 1, 1) means of ``sum_i F_i`` to the selection
             weights ``a`` (N, M, C, 1, 1).
-        params (sequence of Parameter): The parameters that ``select_fn`` uses.
+        modules (Module | sequence of Module): The modules whose layers ``select_fn`` calls.
 
     Returns:
         Tensor: (N, C, H, W).
     """
-    params = _params_for_custom_backward(feats, params)
+    params = fast_backward_params(feats, modules)
     if params is not None:
         return _SelectiveSum.apply(select_fn, len(feats), *feats, *params)
     return _weighted_sum(feats, select_fn(_sum_of_means(feats)))
@@ -188,20 +191,6 @@ def _times_both(x: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
     """``x * a_h * a_w`` with one new tensor of the size of ``x``: two would be alive at once,
     which on CPU costs more than the products (fresh memory from the OS, page by page)."""
     return torch.mul(x, a_h).mul_(a_w)
-
-
-def _params_for_custom_backward(inputs: Sequence[Tensor], params: Iterable[nn.Parameter]
-                                ) -> Optional[Tuple[nn.Parameter, ...]]:
-    """The parameters as a tuple when the hand-written backward is to run, else None (no
-    gradient needed, or ``torch.jit`` / ``torch.compile`` tracing). Cheap checks first:
-    collecting a module's parameters costs more than a small forward."""
-    if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return None
-    if torch.compiler.is_compiling():
-        return None
-    params = tuple(params)
-    needed = any(t.requires_grad for t in inputs) or any(p.requires_grad for p in params)
-    return params if needed else None
 
 
 def _leaf(pooled: Tensor) -> Tensor:
@@ -232,7 +221,8 @@ class _PooledGates(torch.autograd.Function):
     and each max's at its maximal element; all written into the buffer that held ``g x``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, gates_fn, dims, pools, *params: nn.Parameter) -> Tensor:
+    @amp_forward
+    def forward(ctx, x: Tensor, gates_fn, dims, pools, *params) -> Tensor:
         descriptors, indices = [], []
         for d in dims:
             for kind in pools:
@@ -251,6 +241,7 @@ class _PooledGates(torch.autograd.Function):
         return _times_sum(x, [gate.detach() for gate in gates])
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, grad: Tensor):
         x, = ctx.saved_tensors
@@ -285,7 +276,8 @@ class _AxisPooledGates(torch.autograd.Function):
     buffer that held ``g x``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, gates_fn, *params: nn.Parameter) -> Tensor:
+    @amp_forward
+    def forward(ctx, x: Tensor, gates_fn, *params) -> Tensor:
         rows, columns = _leaf(x.mean(3, keepdim=True)), _leaf(x.mean(2, keepdim=True))
         with torch.enable_grad():
             a_h, a_w = gates_fn(rows, columns)
@@ -294,6 +286,7 @@ class _AxisPooledGates(torch.autograd.Function):
         return _times_both(x, a_h.detach(), a_w.detach())
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, grad: Tensor):
         x, = ctx.saved_tensors
@@ -320,6 +313,7 @@ class _SelectiveSum(torch.autograd.Function):
     ``g F_i``."""
 
     @staticmethod
+    @amp_forward
     def forward(ctx, select_fn, m: int, *inputs: Tensor) -> Tensor:
         feats, params = inputs[:m], inputs[m:]
         pooled = _leaf(_sum_of_means(feats))
@@ -330,6 +324,7 @@ class _SelectiveSum(torch.autograd.Function):
         return _weighted_sum(feats, weights.detach())
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, grad: Tensor):
         feats = ctx.saved_tensors

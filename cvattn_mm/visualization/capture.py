@@ -17,7 +17,7 @@ class CapturedMaps:
         path (str): The module's name in ``model.named_modules()``.
         type_name (str): Its class name.
         input_shape (tuple): Shape (N, C, H, W) of its input.
-        maps (dict[str, AttentionMap]): Its maps (empty if its class has no extractor).
+        maps (dict[str, AttentionMap]): Its maps (its ``attention_maps``).
     """
 
     path: str

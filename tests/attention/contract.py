@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from cvattn_mm.attention import FAMILIES, PAPER_POSITIONS
+from cvattn_mm.attention.fast_backward import fast_backward
 
 SIZES = [(8, 8), (1, 1), (7, 7), (13, 17)]
 #: An arXiv id, or a PMLR volume for papers that are not on arXiv (SimAM, ICML 2021).
@@ -179,8 +180,72 @@ def check_onnx(factory, tmp_path):
         assert_close_rel(torch.from_numpy(y), module(x), 1e-4, 'onnxruntime')
 
 
+def leaf_layers(module):
+    """The leaf modules (no children) of ``module`` by path, the module itself excluded."""
+    return {path: m for path, m in module.named_modules()
+            if path and not any(True for _ in m.children())}
+
+
+def check_layers_called(factory):
+    """Every leaf layer runs as a module (its forward hooks fire) in training with gradients,
+    eval, no-grad and under ``torch.jit.trace`` and ``torch.compile``."""
+    module = perturb_parameters(factory())
+    layers = leaf_layers(module)
+    called = set()
+    for path, layer in layers.items():
+        layer.register_forward_hook(lambda m, args, out, path=path: called.add(path))
+
+    def expect_all(mode):
+        missing = sorted(set(layers) - called)
+        assert not missing, f'{mode}: layers whose forward is never called: {missing}'
+        called.clear()
+
+    x = make_input(module, size=(7, 9)).requires_grad_()
+    module.train()
+    module(x).sum().backward()
+    expect_all('training forward+backward')
+    module.eval()
+    module(x).sum().backward()
+    expect_all('eval with gradients')
+    with torch.no_grad():
+        module(x)
+        expect_all('eval, no_grad')
+        torch.jit.trace(module, x.detach(), check_trace=False)
+        expect_all('jit.trace')
+    torch._dynamo.reset()
+    torch.compile(module, backend='aot_eager')(x.detach())
+    expect_all('torch.compile')
+
+
+def check_fast_backward_matches_autograd(factory):
+    """The hand-written backwards (the default) and plain autograd (the switch off) give the
+    same output and the same gradients to the input and to every parameter (float64)."""
+    module = perturb_parameters(factory()).double().train()
+    x = make_input(module, size=(7, 9)).double()
+    grad_out = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    results = []
+    for enabled in (True, False):
+        module.load_state_dict(state)  # the same running statistics for both runs
+        module.zero_grad()
+        xi = x.clone().requires_grad_()
+        with fast_backward(enabled):
+            y = module(xi)
+            y.backward(grad_out)
+        grads = {'input': xi.grad, **{n: p.grad for n, p in module.named_parameters()}}
+        results.append((y.detach(), grads))
+    (y_fast, fast), (y_plain, plain) = results
+    assert_close_rel(y_fast, y_plain, 1e-10, 'output')
+    assert fast.keys() == plain.keys()
+    for name in plain:
+        assert (fast[name] is None) == (plain[name] is None), f'{name}: gradient in one run only'
+        if plain[name] is not None:
+            assert_close_rel(fast[name], plain[name], 1e-9, f'gradient of {name}')
+
+
 ALL_CHECKS = [check_shapes, check_gradients, check_batch_one, check_channels_last,
-              check_eval_mode, check_jit_trace, check_bad_input]
+              check_eval_mode, check_jit_trace, check_bad_input, check_layers_called,
+              check_fast_backward_matches_autograd]
 
 
 def run_contract(factory):

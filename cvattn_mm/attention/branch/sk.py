@@ -93,7 +93,7 @@ class SK(AttentionModule):
         self.check_input(x)
         feats = [branch(x) for branch in self.branches]  # M x (N, C, H, W)
         select = (self.fc_reduce, self.fc_norm, self.fc_act, self.fc_select)
-        return selective_sum(feats, self.selection, (p for m in select for p in m.parameters()))
+        return selective_sum(feats, self.selection, select)
 
     def selection(self, s: torch.Tensor) -> torch.Tensor:
         """The weights ``a`` (N, M, C, 1, 1), a softmax over the M branches, of the means ``s``

@@ -65,7 +65,7 @@ class ECA(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return pooled_gate(x, self.channel_gate, self.parameters())
+        return pooled_gate(x, self.channel_gate, self)
 
     def channel_gate(self, s: torch.Tensor) -> torch.Tensor:
         """The gate (N, C, 1, 1) of the channel means ``s`` (N, C, 1, 1)."""

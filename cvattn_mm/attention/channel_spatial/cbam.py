@@ -93,11 +93,11 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if self.use_channel:
-            params = (p for m in (self.fc1, self.act, self.fc2) for p in m.parameters())
-            x = pooled_gate(x, self.channel_gate, params, (2, 3), ('mean', 'max'))
+            x = pooled_gate(x, self.channel_gate, (self.fc1, self.act, self.fc2), (2, 3),
+                            ('mean', 'max'))
         if self.use_spatial:
-            params = (p for m in (self.spatial_conv, self.spatial_norm) for p in m.parameters())
-            x = pooled_gate(x, self.spatial_gate, params, (1,), ('max', 'mean'))
+            x = pooled_gate(x, self.spatial_gate, (self.spatial_conv, self.spatial_norm), (1,),
+                            ('max', 'mean'))
         return x
 
     def channel_gate(self, avg: torch.Tensor, max_: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,7 @@ class CoordAttention(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return axis_pooled_gates(x, self.gates, self.parameters())
+        return axis_pooled_gates(x, self.gates, self)
 
     def gates(self, z_h: torch.Tensor, z_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The gates ``a_h`` (N, C, H, 1) and ``a_w`` (N, C, 1, W) of the row means ``z_h``

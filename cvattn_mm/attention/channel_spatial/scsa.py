@@ -184,9 +184,7 @@ class SCSA(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        smsa = (self.smsa_weight, self.smsa_bias, *self.norm_h.parameters(),
-                *self.norm_w.parameters())
-        x = axis_pooled_gates(x, self.smsa_gates, smsa)
+        x = axis_pooled_gates(x, self.smsa_gates, self)
         return x * self.channel_gate(x)
 
     def smsa_gates(self, z_h: torch.Tensor, z_w: torch.Tensor

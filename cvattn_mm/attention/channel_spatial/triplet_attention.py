@@ -87,7 +87,7 @@ class TripletAttention(AttentionModule):
         def scaled_gates(*descriptors):
             return tuple(gate * scale for gate in self.gates(*descriptors))
 
-        return pooled_gates_sum(x, scaled_gates, self.parameters(), self.pooled_axes,
+        return pooled_gates_sum(x, scaled_gates, self, self.pooled_axes,
                                 ('max', 'mean'))
 
     @property
