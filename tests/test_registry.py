@@ -1,4 +1,4 @@
-"""The registry contract (design.md section 2)."""
+"""The registry contract (docs/architecture.md, "Registry")."""
 import subprocess
 import sys
 import textwrap

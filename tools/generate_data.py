@@ -1,4 +1,5 @@
-"""Write a synthetic data set for the quickstart (design.md section 6).
+"""Write a synthetic data set for the quickstart (docs/architecture.md, "Embedded data and
+the quickstart").
 
 Example::
 

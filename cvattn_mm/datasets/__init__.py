@@ -1,4 +1,7 @@
-"""Synthetic data sets in the upstream formats, for the quickstart (design.md section 6)."""
+"""Synthetic data sets in the upstream formats, for the quickstart.
+
+See docs/architecture.md, "Embedded data and the quickstart".
+"""
 from .generate import TASKS, generate_dataset
 from .quickstart import QUICKSTART_DATA, SCOPE_TASKS, ensure_quickstart_data
 

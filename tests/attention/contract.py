@@ -1,10 +1,11 @@
-"""Checks of the attention module contract (design.md section 1).
+"""Checks of the attention module contract (docs/architecture.md, "The module contract").
 
 Each ``check_*`` takes a factory that builds a fresh module and asserts one property. The
 registry-wide suite (``test_contract.py``) runs them on every registered module with its
 defaults; a module's own tests call them on its non-default variants.
 """
 import inspect
+import os
 import re
 import warnings
 
@@ -14,6 +15,9 @@ from cvattn_mm.attention import FAMILIES, PAPER_POSITIONS
 from cvattn_mm.attention.fast_backward import fast_backward
 
 SIZES = [(8, 8), (1, 1), (7, 7), (13, 17)]
+#: Where the checks run: ``CVATTN_TEST_DEVICE`` (default cpu; tools/analysis/device_check.py
+#: sets it to run the suite on a GPU).
+DEVICE = torch.device(os.environ.get('CVATTN_TEST_DEVICE', 'cpu'))
 #: An arXiv id, or a PMLR volume for papers that are not on arXiv (SimAM, ICML 2021).
 CITATION = r'arXiv:\d{4}\.\d{4,5}|PMLR \d+'
 
@@ -21,7 +25,12 @@ CITATION = r'arXiv:\d{4}\.\d{4,5}|PMLR \d+'
 def make_input(module, n=2, size=(8, 8), seed=0):
     channels = module.in_channels or 16
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, channels, *size, generator=gen)
+    return torch.randn(n, channels, *size, generator=gen).to(DEVICE)
+
+
+def build(factory):
+    """A fresh module from ``factory``, on :data:`DEVICE`."""
+    return factory().to(DEVICE)
 
 
 def perturb_parameters(module, scale=0.1, seed=0):
@@ -29,13 +38,13 @@ def perturb_parameters(module, scale=0.1, seed=0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
+            p.add_(torch.randn(p.shape, generator=gen).to(p.device) * scale)
     return module
 
 
 def assert_close_rel(actual, expected, rtol, what):
-    err = (actual.float() - expected.float()).abs().max().item()
-    scale = expected.float().abs().max().item() + 1e-6
+    err = (actual.double() - expected.double()).abs().max().item()
+    scale = expected.double().abs().max().item() + 1e-6
     assert err <= rtol * scale, f'{what}: max abs error {err:.3g} > {rtol} * {scale:.3g}'
 
 
@@ -52,7 +61,7 @@ def check_metadata(cls):
 
 
 def check_shapes(factory):
-    module = factory()
+    module = build(factory)
     module.init_weights()
     for size in SIZES:
         x = make_input(module, size=size)
@@ -63,7 +72,7 @@ def check_shapes(factory):
 
 
 def check_gradients(factory):
-    module = perturb_parameters(factory())
+    module = perturb_parameters(build(factory))
     x = make_input(module, size=(7, 9)).requires_grad_()
     y = module(x)
     y.mul(torch.randn_like(y)).sum().backward()
@@ -76,7 +85,7 @@ def check_gradients(factory):
 
 def check_batch_one(factory):
     """A sample gives the same output alone (batch 1) as inside a batch (eval mode)."""
-    module = perturb_parameters(factory()).eval()
+    module = perturb_parameters(build(factory)).eval()
     x = make_input(module, n=3, size=(7, 5))
     with torch.no_grad():
         full = module(x)
@@ -88,11 +97,11 @@ def check_batch_one(factory):
 
 
 def check_autocast(factory, dtype):
-    module = perturb_parameters(factory()).eval()
+    module = perturb_parameters(build(factory)).eval()
     x = make_input(module, size=(7, 9))
     with torch.no_grad():
         ref = module(x)
-        with torch.autocast('cpu', dtype=dtype):
+        with torch.autocast(DEVICE.type, dtype=dtype):
             y = module(x)
     assert y.shape == x.shape
     assert y.is_floating_point() and torch.isfinite(y).all()
@@ -100,7 +109,7 @@ def check_autocast(factory, dtype):
 
 
 def check_channels_last(factory):
-    module = perturb_parameters(factory()).eval()
+    module = perturb_parameters(build(factory)).eval()
     x = make_input(module, size=(7, 9))
     with torch.no_grad():
         ref = module(x)
@@ -112,7 +121,7 @@ def check_channels_last(factory):
 
 
 def check_eval_mode(factory):
-    module = perturb_parameters(factory())
+    module = perturb_parameters(build(factory))
     module.eval()
     assert not any(m.training for m in module.modules())
     x = make_input(module, size=(6, 6))
@@ -121,7 +130,7 @@ def check_eval_mode(factory):
 
 
 def check_jit_trace(factory):
-    module = perturb_parameters(factory()).eval()
+    module = perturb_parameters(build(factory)).eval()
     x = make_input(module, size=(7, 9))
     with torch.no_grad():
         traced = torch.jit.trace(module, x, check_trace=False)
@@ -129,10 +138,10 @@ def check_jit_trace(factory):
 
 
 def check_bad_input(factory):
-    module = factory()
+    module = build(factory)
     if module.in_channels is not None:
         c = module.in_channels
-        x = torch.randn(2, c + 1, 8, 8)
+        x = torch.randn(2, c + 1, 8, 8, device=DEVICE)
         try:
             module(x)
         except ValueError as e:
@@ -141,7 +150,7 @@ def check_bad_input(factory):
         else:
             raise AssertionError('wrong channel count was accepted')
     try:
-        module(torch.randn(2, module.in_channels or 16, 8))
+        module(torch.randn(2, module.in_channels or 16, 8, device=DEVICE))
     except ValueError as e:
         assert type(module).__name__ in str(e) and '(N, C, H, W)' in str(e), str(e)
     else:
@@ -149,7 +158,7 @@ def check_bad_input(factory):
 
 
 def check_torch_compile(factory):
-    module = perturb_parameters(factory()).eval()
+    module = perturb_parameters(build(factory)).eval()
     x = make_input(module, size=(7, 9))
     torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True, backend='aot_eager')
@@ -166,7 +175,7 @@ def check_onnx(factory, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    module = perturb_parameters(factory()).eval()
+    module = perturb_parameters(build(factory)).eval()
     x = make_input(module, size=(7, 9))
     path = str(tmp_path / 'module.onnx')
     with warnings.catch_warnings():
@@ -175,9 +184,9 @@ def check_onnx(factory, tmp_path):
                           output_names=['y'], dynamo=False)
     assert [o.version for o in onnx.load(path).opset_import if o.domain == ''] == [17]
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    (y, ) = session.run(None, {'x': x.numpy()})
+    (y, ) = session.run(None, {'x': x.cpu().numpy()})
     with torch.no_grad():
-        assert_close_rel(torch.from_numpy(y), module(x), 1e-4, 'onnxruntime')
+        assert_close_rel(torch.from_numpy(y), module(x).cpu(), 1e-4, 'onnxruntime')
 
 
 def leaf_layers(module):
@@ -189,7 +198,7 @@ def leaf_layers(module):
 def check_layers_called(factory):
     """Every leaf layer runs as a module (its forward hooks fire) in training with gradients,
     eval, no-grad and under ``torch.jit.trace`` and ``torch.compile``."""
-    module = perturb_parameters(factory())
+    module = perturb_parameters(build(factory))
     layers = leaf_layers(module)
     called = set()
     for path, layer in layers.items():
@@ -220,9 +229,10 @@ def check_layers_called(factory):
 def check_fast_backward_matches_autograd(factory):
     """The hand-written backwards (the default) and plain autograd (the switch off) give the
     same output and the same gradients to the input and to every parameter (float64)."""
-    module = perturb_parameters(factory()).double().train()
+    module = perturb_parameters(build(factory)).double().train()
     x = make_input(module, size=(7, 9)).double()
-    grad_out = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+    grad_out = torch.randn(x.shape, dtype=x.dtype,
+                           generator=torch.Generator().manual_seed(1)).to(DEVICE)
     state = {k: v.clone() for k, v in module.state_dict().items()}
     results = []
     for enabled in (True, False):

@@ -1,4 +1,5 @@
-"""Every config under configs/ loads and builds its model (design.md section 4).
+"""Every config under configs/ loads and builds its model (docs/architecture.md, "Configs and
+tools").
 
 Each config is loaded with ``Config.fromfile`` and its model built with the registry of its
 default scope, in this one process, and never initialised (no ``init_weights``: the upstream

@@ -1,4 +1,7 @@
-"""The synthetic data sets (design.md section 6): determinism, reruns, upstream formats, context."""
+"""The synthetic data sets: determinism, reruns, upstream formats, context.
+
+See docs/architecture.md, "Embedded data and the quickstart".
+"""
 import json
 import os
 

@@ -1,4 +1,4 @@
-"""Inserting attention into backbones and necks (design.md section 3)."""
+"""Inserting attention into backbones and necks (docs/architecture.md, "Insertion")."""
 import copy
 import logging
 import pickle

@@ -1,4 +1,5 @@
-"""tools/train.py, tools/test.py, tools/dist_train.sh and mim, end to end (design.md section 5).
+"""tools/train.py, tools/test.py, tools/dist_train.sh and mim, end to end (docs/architecture.md,
+"Configs and tools").
 
 A tiny classifier (ResNet-18 with 8 base channels and SE, 4 classes) trains for 2 iterations
 on 16 generated 32x32 images. The command-line runs are subprocesses; independent ones run
