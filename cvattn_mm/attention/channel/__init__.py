@@ -3,5 +3,6 @@ from .eca import ECA
 from .gc import GC
 from .se import SE
 from .simplified_non_local import SimplifiedNonLocal
+from .srm import SRM
 
-__all__ = ['ECA', 'GC', 'SimplifiedNonLocal', 'SE']
+__all__ = ['ECA', 'GC', 'SE', 'SimplifiedNonLocal', 'SRM']
