@@ -16,22 +16,11 @@ def list_modules(args) -> None:
               f'{r["params"]:12,d}  {r["paper"]}')
 
 
-def build_model_of_config(config: str, cfg_options=None):
-    """Build ``config``'s model with the registry of its default scope (no weights loaded)."""
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    return MODELS.build(cfg.model)
-
-
 def print_insertions(args) -> None:
+    from .config import build_model
     from .insertion.report import format_rows, insertion_rows
 
-    model = build_model_of_config(args.config, args.cfg_options)
+    model = build_model(args.config, args.cfg_options)
     print(format_rows(insertion_rows(model), sum(p.numel() for p in model.parameters())))
 
 

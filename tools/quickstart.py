@@ -20,8 +20,8 @@ from mmengine.config import DictAction
 from mmengine.runner import load_checkpoint
 
 import cvattn_mm  # noqa: F401  (registers the modules)
-from cvattn_mm.analysis.runs import format_table, load_config, set_data_root, train_and_evaluate
-from cvattn_mm.cli import build_model_of_config
+from cvattn_mm.analysis.runs import format_table, set_data_root, train_and_evaluate
+from cvattn_mm.config import build_model, load_config
 from cvattn_mm.datasets import ensure_quickstart_data
 from cvattn_mm.visualization import visualize_config_model
 from cvattn_mm.visualization.visualize import find_images
@@ -89,7 +89,7 @@ def run_task(task: str, args) -> str:
 
 def load_trained_model(config: str, work_dir: str, cfg_options=None):
     """The model of ``config`` with the weights of the last checkpoint in ``work_dir``."""
-    model = build_model_of_config(config, cfg_options)
+    model = build_model(config, cfg_options)
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         load_checkpoint(model, f.read().strip(), map_location='cpu', logger='silent')
     return model.eval()

@@ -20,11 +20,12 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
-from mmengine.registry import MODEL_WRAPPERS, MODELS, RUNNERS, init_default_scope
+from mmengine.registry import MODEL_WRAPPERS, RUNNERS, init_default_scope
 from mmengine.runner import Runner
 from torch.nn.parallel import DistributedDataParallel
 
 import cvattn_mm  # noqa: F401  (registers the modules; lets torch load mmengine checkpoints)
+from cvattn_mm.config import build_model
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -97,8 +98,8 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 def check_model(cfg: Config) -> None:
     """Build the model once before the Runner writes anything, so that a broken model config
     fails here with its own error and leaves no work dir behind."""
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    MODELS.build(cfg.model)
+    build_model(cfg)
+    init_default_scope(cfg.get('default_scope', 'mmengine'))  # for RUNNERS.build below
 
 
 def setup_cpu_distributed(cfg: Config) -> None:

@@ -11,7 +11,7 @@ fraction of the same block written with ``matmul``.
 """
 import copy
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -19,11 +19,10 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
 from mmengine.model import BaseModel, revert_sync_batchnorm
-from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import DefaultScope
 
 from ..attention.base import AttentionModule
 from ..attention.catalog import attention_classes
+from ..config import build_model, load_config
 
 INSERT_TYPES = ('InsertAttention', 'cvattn_mm.InsertAttention')
 
@@ -143,17 +142,6 @@ def _data_samples(model: nn.Module, inputs: torch.Tensor):
     return [DetDataSample(metainfo=meta) for _ in range(inputs.shape[0])]
 
 
-def build_model(cfg: Config, model_cfg: Optional[dict] = None) -> nn.Module:
-    """Build ``model_cfg`` (default ``cfg.model``) with the config's default scope, SyncBN
-    reverted to BN, in eval mode."""
-    scope = cfg.get('default_scope', None)
-    with DefaultScope.overwrite_default_scope(scope):
-        model = MMENGINE_MODELS.build(cfg.model if model_cfg is None else model_cfg)
-    model = revert_sync_batchnorm(model)
-    model.eval()
-    return model
-
-
 def config_complexity(cfg: Union[str, Config], shape: Sequence[int] = (224, 224)) -> dict:
     """Params and FLOPs of a config's model, and what its attention adds.
 
@@ -173,11 +161,11 @@ def config_complexity(cfg: Union[str, Config], shape: Sequence[int] = (224, 224)
         part name (parts without parameters and FLOPs left out); ``attention_modules``
         (count of our attention modules in the model) and ``attention_params`` (theirs).
     """
-    if not isinstance(cfg, Config):
-        cfg = Config.fromfile(cfg)
+    cfg = load_config(cfg)
     inputs = torch.rand(1, 3, *shape)
-    model = build_model(cfg)
-    base = build_model(cfg, strip_attention(cfg.model))
+    # SyncBN (mmseg's configs) reverted to BN: counted without a process group
+    model, base = (revert_sync_batchnorm(build_model(cfg, model_cfg=model_cfg))
+                   for model_cfg in (None, strip_attention(cfg.model)))
     parts = [name for name, _ in model.named_children()]
     counts = [_counts(m, inputs, parts) for m in (model, base)]
     result = dict(shape=list(shape), **_complexity(*counts[0][''], *counts[1]['']))

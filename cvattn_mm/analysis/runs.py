@@ -9,7 +9,7 @@ import statistics
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from mmengine.config import Config, ConfigDict
@@ -44,13 +44,6 @@ class RunResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
 
 
 def set_data_root(cfg: Config, data_root: str) -> None:

@@ -34,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> List[str]:
     """Build the model, load the checkpoint, draw the maps; print and return the PNG paths."""
-    from ..cli import build_model_of_config
+    from ..config import build_model
     from .visualize import find_images, visualize_config_model
 
-    model = build_model_of_config(args.config, args.cfg_options)
+    model = build_model(args.config, args.cfg_options)
     if args.checkpoint:
         from mmengine.runner import load_checkpoint
 

@@ -17,8 +17,9 @@ from mmengine.config import DictAction
 
 import cvattn_mm  # noqa: F401  (registers the modules)
 from cvattn_mm.analysis.compare import compare_modules, write_comparison
-from cvattn_mm.analysis.runs import format_table, load_config, set_data_root
+from cvattn_mm.analysis.runs import format_table, set_data_root
 from cvattn_mm.attention.catalog import attention_classes
+from cvattn_mm.config import load_config
 from cvattn_mm.datasets import SCOPE_TASKS, ensure_quickstart_data
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

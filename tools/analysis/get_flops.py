@@ -11,9 +11,10 @@ detectors get one data sample with the image's shape, as in mmdet's ``get_flops`
 import argparse
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 from cvattn_mm.analysis.complexity import config_complexity
+from cvattn_mm.config import load_config
 
 
 def parse_args(argv=None):
@@ -54,9 +55,7 @@ def report(config: str, result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     print(report(args.config, config_complexity(cfg, args.shape)))
     return 0
 
