@@ -1,10 +1,11 @@
-"""SE: its equation, parameter count, variants and argument checks."""
+"""SE: its equation, parameter count, variants, maps and argument checks."""
 import pytest
 import torch
 
 from cvattn_mm.attention.channel.se import SE
+from cvattn_mm.visualization import extract_maps
 
-from .contract import run_contract
+from .contract import assert_close_rel, perturb_parameters, run_contract
 
 
 @pytest.mark.parametrize('kwargs', [dict(reduction=4), dict(reduction=64, min_channels=8),
@@ -46,3 +47,27 @@ def test_invalid_arguments(kwargs, argument):
     kwargs = dict(dict(in_channels=64), **kwargs)
     with pytest.raises(ValueError, match=rf'SE: {argument}'):
         SE(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(act_cfg=dict(type='GELU'),
+                                             gate_cfg=dict(type='HSigmoid'))],
+                         ids=['default', 'gelu_hsigmoid'])
+def test_maps_rebuild_the_forward(kwargs):
+    torch.manual_seed(0)
+    module = perturb_parameters(SE(32, **kwargs), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        gate = module.channel_gate(x.mean((2, 3), keepdim=True))
+        maps = extract_maps(module, x)
+    assert_close_rel(x * gate, expected, 1e-4, 'x * channel_gate')
+    assert set(maps) == {'channel_gate'}
+    assert torch.equal(maps['channel_gate'].values, gate.flatten(1))
+
+
+def test_errors_name_the_subclass():
+    class MySE(SE):
+        _abbr_ = 'my_se'
+
+    with pytest.raises(ValueError, match='^MySE: reduction'):
+        MySE(64, reduction=0)
