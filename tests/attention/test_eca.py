@@ -1,4 +1,4 @@
-"""ECA: adaptive kernel size, the defining equation, parameters, argument checks."""
+"""ECA: adaptive kernel size, the defining equation, parameters, maps, argument checks."""
 import functools
 import math
 
@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cvattn_mm.attention.channel.eca import ECA, eca_kernel_size
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -118,3 +119,27 @@ def test_matches_functional_form():
     expected = x * torch.sigmoid(y.transpose(-1, -2).unsqueeze(-1))
     with torch.no_grad():
         contract.assert_close_rel(module(x), expected, 1e-6, 'official layout')
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(kernel_size=5)], ids=str)
+def test_maps_rebuild_the_forward(kwargs):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(ECA(32, **kwargs), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        gate = module.channel_gate(x.mean((2, 3), keepdim=True))
+        maps = extract_maps(module, x)
+    contract.assert_close_rel(x * gate, expected, 1e-4, 'x * channel_gate')
+    assert set(maps) == {'channel_gate'}
+    assert torch.equal(maps['channel_gate'].values, gate.flatten(1))
+
+
+def test_errors_name_the_subclass():
+    class MyECA(ECA):
+        _abbr_ = 'my_eca'
+
+    with pytest.raises(ValueError, match='^MyECA: kernel_size must be odd'):
+        MyECA(64, kernel_size=4)
+    with pytest.raises(ValueError, match='^MyECA: gamma'):
+        MyECA(64, gamma=0)

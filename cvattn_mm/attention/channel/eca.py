@@ -1,5 +1,6 @@
 """Efficient Channel Attention."""
 import math
+from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -8,6 +9,7 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_odd, check_positive_float
 from ..gating import pooled_gate
+from ..maps import AttentionMap, channel_map
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -28,7 +30,9 @@ class ECA(AttentionModule):
     Parameters: ``k``.
 
     Deviations: none. The backward is hand-written
-    (:func:`~cvattn_mm.attention.gating.pooled_gate`).
+    (:func:`~cvattn_mm.attention.gating.pooled_gate`) and not twice differentiable;
+    ``CVATTN_FAST_BACKWARD=0`` or :func:`cvattn_mm.attention.fast_backward.set_fast_backward`
+    ``(False)`` runs plain autograd instead.
 
     Args:
         in_channels (int): Channels C.
@@ -54,12 +58,13 @@ class ECA(AttentionModule):
                  b: float = 1,
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        gamma = check_positive_float('ECA', 'gamma', gamma)
-        b = check_positive_float('ECA', 'b', b, allow_zero=True)
+        owner = type(self).__name__
+        gamma = check_positive_float(owner, 'gamma', gamma)
+        b = check_positive_float(owner, 'b', b, allow_zero=True)
         if kernel_size is None:
             kernel_size = eca_kernel_size(in_channels, gamma, b)
         else:
-            kernel_size = check_odd('ECA', 'kernel_size', kernel_size)
+            kernel_size = check_odd(owner, 'kernel_size', kernel_size)
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
 
@@ -72,6 +77,11 @@ class ECA(AttentionModule):
         n = s.shape[0]
         # Views: the channels are the conv's length axis, (N, C, 1, 1) -> (N, 1, C) and back.
         return torch.sigmoid(self.conv(s.reshape(n, 1, -1))).view(n, -1, 1, 1)
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'channel_gate': the gate (N, C) that the forward multiplies ``x`` by."""
+        return {'channel_gate': channel_map(self.channel_gate(x.mean((2, 3), keepdim=True)),
+                                            'channel gate')}
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, kernel_size={self.kernel_size}'
