@@ -1,13 +1,18 @@
-"""GC: identity at initialisation, attention pooling, the defining equation, parameters."""
+"""GC: identity at initialisation, attention pooling (and its hand-written backward), the
+defining equation, parameters, maps."""
+import copy
 import functools
 
 import pytest
 import torch
 import torch.nn as nn
 
-from cvattn_mm.attention.channel.context_pooling import attention_weights
+from cvattn_mm.attention.channel.context_pooling import attention_pool, attention_weights
 from cvattn_mm.attention.channel.gc import GC
+from cvattn_mm.attention.channel.simplified_non_local import SimplifiedNonLocal
+from cvattn_mm.attention.fast_backward import fast_backward
 from cvattn_mm.registry import MODELS
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -225,3 +230,140 @@ def test_mask_conv_official_init():
     std = module.conv_mask.weight.std().item()
     assert abs(std / (2 / 2048)**0.5 - 1) < 0.1, std
     assert module.conv_mask.bias is None
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(fusions=('add', 'mul')),
+                                    dict(pooling='avg', fusions='mul')], ids=str)
+def test_maps_rebuild_the_forward(kwargs):
+    """The output from the maps (the context weights, the mul gate) and the add transform."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(GC(32, reduction=4, **kwargs), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        maps = extract_maps(module, x)
+        if module.pooling == 'att':
+            weights = maps['context_weights'].values.flatten(1)[:, None]  # (N, 1, HW)
+            assert torch.equal(weights, attention_weights(x, module.conv_mask))
+            context = (weights * x.flatten(2)).sum(-1)[:, :, None, None]
+        else:
+            assert 'context_weights' not in maps
+            context = x.mean((2, 3), keepdim=True)
+        rebuilt = x
+        if 'mul' in module.fusions:
+            gate = maps['mul_gate'].values[:, :, None, None]
+            assert torch.equal(gate, module.mul_gate(module.context(x)))
+            rebuilt = rebuilt * gate
+        if 'add' in module.fusions:
+            rebuilt = rebuilt + module.channel_add_conv(context)
+    contract.assert_close_rel(rebuilt, expected, 1e-4, f'GC {kwargs}')
+    assert maps
+
+
+def _uses_attention_pool(out):
+    nodes, seen = [out.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        if node.name() == '_AttentionPoolBackward':
+            return True
+        seen.add(node)
+        nodes.extend(next_node for next_node, _ in node.next_functions)
+    return False
+
+
+def _output_and_grads(module, x, grad_out):
+    x = x.detach().requires_grad_()
+    y = module(x)
+    grads = torch.autograd.grad(y, [x, *module.parameters()], grad_out)
+    return y, grads
+
+
+def test_attention_pool_hand_written_backward_only_for_its_plain_layer():
+    """The hand-written backward runs for mask_conv's layer; with a forward hook on it (here one
+    that doubles the scores) or a layer of another type, autograd runs, and the gradients are
+    those of what the layer computed."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(GC(16, reduction=4), scale=0.5).double()
+    x = torch.randn(2, 16, 5, 6, dtype=torch.double)
+    grad_out = torch.randn_like(x)
+    assert _uses_attention_pool(module(x.clone().requires_grad_()))
+
+    doubled = copy.deepcopy(module)
+    with torch.no_grad():
+        doubled.conv_mask.weight.mul_(2)
+    y_ref, grads_ref = _output_and_grads(doubled, x, grad_out)
+    handle = module.conv_mask.register_forward_hook(lambda m, args, out: out * 2)
+    y, grads = _output_and_grads(module, x, grad_out)
+    handle.remove()
+    assert not _uses_attention_pool(y)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(grads[0], grads_ref[0])
+    torch.testing.assert_close(grads[1], 2 * grads_ref[1])  # d(2 W x) / dW
+    torch.testing.assert_close(grads[2:], grads_ref[2:])
+
+    swapped = nn.Conv2d(16, 1, 1, bias=False).double()  # e.g. a tool's own conv
+    swapped.load_state_dict(module.conv_mask.state_dict())
+    y_ref, grads_ref = _output_and_grads(module, x, grad_out)
+    module.conv_mask = swapped
+    y, grads = _output_and_grads(module, x, grad_out)
+    assert not _uses_attention_pool(y)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(grads, grads_ref)
+
+
+def test_attention_pool_channels_last_gradient():
+    """The hand-written gradient of a channels_last input is channels_last, and equals
+    autograd's."""
+    conv = contract.perturb_parameters(GC(16, reduction=4), scale=0.5).conv_mask
+    x = torch.randn(2, 16, 6, 5).to(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 16, 1, 1)
+    results = []
+    for enabled, xi in ((True, x), (False, x.contiguous())):
+        xi = xi.detach().requires_grad_()
+        with fast_backward(enabled):
+            out = attention_pool(xi, conv)
+        assert _uses_attention_pool(out) == enabled
+        results.append(torch.autograd.grad(out, [xi, conv.weight], grad_out))
+    (grad_x, grad_w), (expected_x, expected_w) = results
+    assert grad_x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grad_x, expected_x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_w, expected_w, rtol=1e-5, atol=1e-5)
+
+
+#: A GC and a SimplifiedNonLocal for 16 channels: the two users of the attention pooling.
+POOLING_MODULES = {'GC': functools.partial(GC, 16, reduction=4),
+                   'SimplifiedNonLocal': functools.partial(SimplifiedNonLocal, 16)}
+
+
+@pytest.mark.parametrize('name', sorted(POOLING_MODULES))
+def test_attention_pool_bf16_autocast_gradients_match_autograd(name):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(POOLING_MODULES[name](), scale=0.5)
+    x = torch.randn(2, 16, 6, 5)
+    grad_out = torch.randn(x.shape)
+    results = []
+    for enabled in (True, False):
+        with fast_backward(enabled), torch.autocast('cpu', dtype=torch.bfloat16):
+            results.append(_output_and_grads(module, x, grad_out))
+    (y, grads), (y_plain, plain) = results
+    assert _uses_attention_pool(y) and not _uses_attention_pool(y_plain)
+    assert y.dtype == y_plain.dtype
+    for g, e in zip(grads, plain, strict=True):
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(in_channels=64, pooling='max'), 'pooling'),
+    (dict(in_channels=64, fusions=()), 'fusions'),
+    (dict(in_channels=64, norm_cfg='LN'), 'norm_cfg'),
+    (dict(in_channels=16), 'reduction=16 leaves a hidden width of 1'),
+], ids=str)
+def test_errors_name_the_subclass(kwargs, message):
+    class MyGC(GC):
+        _abbr_ = 'my_gc'
+
+    with pytest.raises(ValueError, match=f'^MyGC: {message}'):
+        MyGC(**kwargs)

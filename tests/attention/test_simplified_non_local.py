@@ -1,4 +1,5 @@
-"""SimplifiedNonLocal: identity at initialisation, the defining equation, parameters."""
+"""SimplifiedNonLocal: identity at initialisation, the defining equation, parameters, maps.
+(The attention pooling's hand-written backward is tested with GC's, in test_gc.py.)"""
 import functools
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from cvattn_mm.attention.channel.context_pooling import attention_weights
 from cvattn_mm.attention.channel.gc import GC
 from cvattn_mm.attention.channel.simplified_non_local import SimplifiedNonLocal
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 from .test_gc import check_identity_as_mmdet_plugin
@@ -86,3 +88,27 @@ def test_invalid_in_channels(value):
 
 def test_identity_as_mmdet_plugin():
     check_identity_as_mmdet_plugin('SimplifiedNonLocal', 'snl')
+
+
+def test_maps_rebuild_the_forward():
+    """The output from the context weights map and W_v."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(SimplifiedNonLocal(32), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        maps = extract_maps(module, x)
+        weights = maps['context_weights'].values.flatten(1)[:, None]  # (N, 1, HW)
+        assert torch.equal(weights, attention_weights(x, module.conv_mask))
+        context = (weights * x.flatten(2)).sum(-1)[:, :, None, None]
+        rebuilt = x + module.value_conv(context)
+    contract.assert_close_rel(rebuilt, expected, 1e-4, 'x + W_v context')
+    assert set(maps) == {'context_weights'}
+
+
+def test_errors_name_the_subclass():
+    class MySNL(SimplifiedNonLocal):
+        _abbr_ = 'my_snl'
+
+    with pytest.raises(ValueError, match='^MySNL: in_channels'):
+        MySNL(0)

@@ -1,5 +1,5 @@
 """Global Context block (GCNet)."""
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn as nn
@@ -8,8 +8,9 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, reduced_channels
-from ..pointwise import pointwise
-from .context_pooling import attention_pool, init_mask_conv, mask_conv
+from ..maps import AttentionMap, channel_map, weights_map
+from ..pointwise import PointwiseConv2d
+from .context_pooling import attention_pool, attention_weights, init_mask_conv, mask_conv
 
 FUSIONS = ('add', 'mul')
 
@@ -19,7 +20,8 @@ class GC(AttentionModule):
     """Global Context block (Cao et al., ICCVW 2019, arXiv:1904.11492).
 
     ``c = sum_j softmax_j(W_k x) x_j`` (attention pooling; ``pooling='avg'``: ``c = GAP(x)``),
-    ``T(c) = W2 ReLU(LN(W1 c))`` with ``W1: C -> C/r``, ``W2: C/r -> C`` biased 1x1 convs and the
+    ``T(c) = W2 ReLU(LN(W1 c))`` with ``W1: C -> C/r``, ``W2: C/r -> C`` biased 1x1 convs
+    (matrix products, :class:`~cvattn_mm.attention.pointwise.PointwiseConv2d`) and the
     LayerNorm over ``(C/r, 1, 1)``; ``y = x * sigmoid(T_mul(c)) + T_add(c)`` for the chosen fusions
     (default ``'add'`` only: ``y = x + T_add(c)``). ``W2`` of every transform is zero-initialised,
     as in the official code, so the default block starts as the identity.
@@ -30,7 +32,10 @@ class GC(AttentionModule):
     gets a gradient): one parameter fewer. A LayerNorm over a hidden width of 1 (r <= C < 2r
     with ``min_channels=1``) outputs a constant: it is rejected instead of built. Otherwise
     state-dict compatible with mmcv's ``ContextBlock`` (same submodule names and shapes: drop
-    its ``conv_mask.bias``).
+    its ``conv_mask.bias``). The attention pooling's backward is hand-written
+    (:mod:`~cvattn_mm.attention.channel.context_pooling`) and not twice differentiable;
+    ``CVATTN_FAST_BACKWARD=0`` or :func:`cvattn_mm.attention.fast_backward.set_fast_backward`
+    ``(False)`` runs plain autograd instead.
 
     Args:
         in_channels (int): Channels C.
@@ -66,15 +71,16 @@ class GC(AttentionModule):
                  act_cfg: dict = dict(type='ReLU'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        hidden = reduced_channels('GC', in_channels, reduction, min_channels)
+        owner = type(self).__name__
+        hidden = reduced_channels(owner, in_channels, reduction, min_channels)
         self.reduction = reduction
-        self.pooling = check_choice('GC', 'pooling', pooling, ('att', 'avg'))
-        self.fusions = _check_fusions(fusions)
+        self.pooling = check_choice(owner, 'pooling', pooling, ('att', 'avg'))
+        self.fusions = _check_fusions(owner, fusions)
         if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
-            raise ValueError(f"GC: norm_cfg must be a dict with a 'type', got {norm_cfg!r}")
+            raise ValueError(f"{owner}: norm_cfg must be a dict with a 'type', got {norm_cfg!r}")
         is_ln = norm_cfg['type'] in ('LN', 'LayerNorm')
         if is_ln and hidden < 2:
-            raise ValueError(f'GC: reduction={reduction} leaves a hidden width of 1 for '
+            raise ValueError(f'{owner}: reduction={reduction} leaves a hidden width of 1 for '
                              f'in_channels={in_channels}, where the LayerNorm over (C/r, 1, 1) '
                              f'is a constant; use reduction <= {in_channels // 2} or '
                              'min_channels >= 2')
@@ -88,8 +94,8 @@ class GC(AttentionModule):
             else:
                 norm = build_norm_layer(norm_cfg, hidden)[1]
             transform = nn.Sequential(
-                nn.Conv2d(in_channels, hidden, 1), norm, build_activation_layer(act_cfg),
-                nn.Conv2d(hidden, in_channels, 1))
+                PointwiseConv2d(in_channels, hidden), norm, build_activation_layer(act_cfg),
+                PointwiseConv2d(hidden, in_channels))
             setattr(self, f'channel_{fusion}_conv', transform)
         self.init_special()
 
@@ -104,30 +110,43 @@ class GC(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.conv_mask is not None:
-            context = attention_pool(x, self.conv_mask)  # (N, C)
-        else:
-            context = x.mean((2, 3))
+        context = self.context(x)
         out = x
         if self.channel_mul_conv is not None:
-            out = out * torch.sigmoid(_transform(self.channel_mul_conv, context))
+            out = out * self.mul_gate(context)
         if self.channel_add_conv is not None:
-            out = out + _transform(self.channel_add_conv, context)
+            out = out + self.channel_add_conv(context)
         return out
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """The context ``c`` (N, C, 1, 1) of ``x``: attention pooling or GAP."""
+        if self.conv_mask is not None:
+            return attention_pool(x, self.conv_mask)
+        return x.mean((2, 3), keepdim=True)
+
+    def mul_gate(self, context: torch.Tensor) -> torch.Tensor:
+        """The gate ``sigmoid(T_mul(c))`` (N, C, 1, 1) of the 'mul' fusion."""
+        return torch.sigmoid(self.channel_mul_conv(context))
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'context_weights' (N, H, W), the attention pooling's softmax ('att' pooling), and
+        'mul_gate' (N, C), the gate of the 'mul' fusion; each present when used (none for
+        ``pooling='avg'`` with the 'add' fusion alone: its additive term is no map)."""
+        maps = {}
+        if self.conv_mask is not None:
+            maps['context_weights'] = weights_map(attention_weights(x, self.conv_mask),
+                                                  x.shape[2:], 'context weights')
+        if self.channel_mul_conv is not None:
+            maps['mul_gate'] = channel_map(self.mul_gate(self.context(x)),
+                                           'channel gate (mul fusion)')
+        return maps
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
                 f'pooling={self.pooling!r}, fusions={self.fusions}')
 
 
-def _transform(transform: nn.Sequential, context: torch.Tensor) -> torch.Tensor:
-    """``conv, norm, act, conv`` on pooled vectors (N, C) -> (N, C, 1, 1), convs as matmuls."""
-    conv1, norm, act, conv2 = transform
-    hidden = act(norm(pointwise(conv1, context)[:, :, None, None]))  # (N, C/r, 1, 1)
-    return pointwise(conv2, hidden.flatten(1))[:, :, None, None]
-
-
-def _check_fusions(fusions) -> tuple:
+def _check_fusions(owner: str, fusions) -> tuple:
     """Return ``fusions`` as a tuple in the order of :data:`FUSIONS` if it is a valid subset."""
     if isinstance(fusions, str):
         fusions = (fusions, )
@@ -135,6 +154,6 @@ def _check_fusions(fusions) -> tuple:
              and all(isinstance(f, str) and f in FUSIONS for f in fusions)
              and len(set(fusions)) == len(fusions))
     if not valid:
-        raise ValueError(f'GC: fusions must be a non-empty subset of {FUSIONS} without '
+        raise ValueError(f'{owner}: fusions must be a non-empty subset of {FUSIONS} without '
                          f'repeats, got {fusions!r}')
     return tuple(f for f in FUSIONS if f in fusions)

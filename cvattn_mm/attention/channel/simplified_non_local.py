@@ -1,11 +1,14 @@
 """Simplified non-local block (from GCNet)."""
+from typing import Dict
+
 import torch
 import torch.nn as nn
 
 from ...registry import register_model
 from ..base import AttentionModule
-from ..pointwise import pointwise
-from .context_pooling import attention_pool, init_mask_conv, mask_conv
+from ..maps import AttentionMap, weights_map
+from ..pointwise import PointwiseConv2d
+from .context_pooling import attention_pool, attention_weights, init_mask_conv, mask_conv
 
 
 @register_model()
@@ -20,7 +23,10 @@ class SimplifiedNonLocal(AttentionModule):
     Deviations: ``W_v`` is zero-initialised (like the output transform of non-local blocks),
     so the block starts as the identity; ``W_k`` has no bias (a softmax cancels it).
     ``W_v`` is applied after the pooling, which equals the paper's order (both are linear)
-    at ``1 / (H * W)`` of the cost.
+    at ``1 / (H * W)`` of the cost. The attention pooling's backward is hand-written
+    (:mod:`~cvattn_mm.attention.channel.context_pooling`) and not twice differentiable;
+    ``CVATTN_FAST_BACKWARD=0`` or :func:`cvattn_mm.attention.fast_backward.set_fast_backward`
+    ``(False)`` runs plain autograd instead.
 
     Args:
         in_channels (int): Channels C.
@@ -40,7 +46,7 @@ class SimplifiedNonLocal(AttentionModule):
     def __init__(self, in_channels: int, init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
         self.conv_mask = mask_conv(in_channels)
-        self.value_conv = nn.Conv2d(in_channels, in_channels, 1)
+        self.value_conv = PointwiseConv2d(in_channels, in_channels)
         self.init_special()
 
     def init_special(self) -> None:
@@ -51,5 +57,9 @@ class SimplifiedNonLocal(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        context = pointwise(self.value_conv, attention_pool(x, self.conv_mask))  # (N, C)
-        return x + context[:, :, None, None]
+        return x + self.value_conv(attention_pool(x, self.conv_mask))
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'context_weights' (N, H, W): the softmax over positions that pools the context."""
+        return {'context_weights': weights_map(attention_weights(x, self.conv_mask),
+                                               x.shape[2:], 'context weights')}
