@@ -1,10 +1,11 @@
-"""SCSE: each combination against its formula, parameters, arguments."""
+"""SCSE: each combination against its formula, parameters, maps, arguments."""
 import functools
 
 import pytest
 import torch
 
 from cvattn_mm.attention.channel_spatial.scse import SCSE
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -105,3 +106,30 @@ def test_parameter_count(channels):
 def test_invalid_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=rf'SCSE.*{argument}'):
         SCSE(**kwargs)
+
+
+@pytest.mark.parametrize('combination', ['max', 'add', 'mul'])
+def test_maps_rebuild_the_forward(combination):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(SCSE(32, combination=combination), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        g_c, g_s = module.gates(x)
+        maps = extract_maps(module, x)
+    rebuilt = {'max': torch.maximum(x * g_c, x * g_s), 'add': x * (g_c + g_s),
+               'mul': x * g_c * g_s}[combination]
+    contract.assert_close_rel(rebuilt, expected, 1e-4, f'SCSE {combination}')
+    assert set(maps) == {'channel_gate', 'spatial_gate'}
+    assert torch.equal(maps['channel_gate'].values, g_c.flatten(1))
+    assert torch.equal(maps['spatial_gate'].values, g_s[:, 0])
+
+
+@pytest.mark.parametrize('kwargs, argument', [
+    (dict(reduction=0), 'reduction'), (dict(combination='concat'), 'combination')])
+def test_errors_name_the_subclass(kwargs, argument):
+    class MySCSE(SCSE):
+        _abbr_ = 'my_scse'
+
+    with pytest.raises(ValueError, match=f'^MySCSE: {argument}'):
+        MySCSE(16, **kwargs)

@@ -1,14 +1,14 @@
 """Concurrent spatial and channel squeeze-and-excitation."""
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
-import torch.nn as nn
 from mmcv.cnn import build_activation_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, reduced_channels
-from ..pointwise import pointwise
+from ..maps import AttentionMap, channel_map, spatial_map
+from ..pointwise import PointwiseConv2d
 
 
 @register_model()
@@ -19,7 +19,9 @@ class SCSE(AttentionModule):
     ``cSE = x * g_c`` with ``g_c = sigmoid(W2 act(W1 GAP(x)))`` (biased 1x1 convs
     C -> C/r -> C) and ``sSE = x * g_s`` with ``g_s = sigmoid(conv1x1(x))`` (C -> 1, biased),
     combined element-wise: ``y = max(cSE, sSE)`` (``'max'``), ``cSE + sSE`` (``'add'``) or
-    ``cSE * sSE / x = x * g_c * g_s`` (``'mul'``).
+    ``cSE * sSE / x = x * g_c * g_s`` (``'mul'``). The 1x1 convs are matrix products
+    (:class:`~cvattn_mm.attention.pointwise.PointwiseConv2d`; for the sSE's C -> 1 conv its
+    backward avoids oneDNN's slow one-output-channel convolution backward).
     Parameters, h = C/r: ``2 * C * h + h + C`` (cSE) plus ``C + 1`` (sSE).
 
     Deviations: none. ``'max'`` is the default (best in the TMI paper, used by the official
@@ -53,14 +55,15 @@ class SCSE(AttentionModule):
                  act_cfg: dict = dict(type='ReLU'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        hidden = reduced_channels('SCSE', in_channels, reduction, min_channels)
-        self.combination = check_choice('SCSE', 'combination', combination,
+        owner = type(self).__name__
+        hidden = reduced_channels(owner, in_channels, reduction, min_channels)
+        self.combination = check_choice(owner, 'combination', combination,
                                         ('max', 'add', 'mul'))
         self.reduction = reduction
-        self.fc1 = nn.Conv2d(in_channels, hidden, 1)
+        self.fc1 = PointwiseConv2d(in_channels, hidden)
         self.act = build_activation_layer(act_cfg)
-        self.fc2 = nn.Conv2d(hidden, in_channels, 1)
-        self.spatial_conv = nn.Conv2d(in_channels, 1, 1)
+        self.fc2 = PointwiseConv2d(hidden, in_channels)
+        self.spatial_conv = PointwiseConv2d(in_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -77,14 +80,14 @@ class SCSE(AttentionModule):
 
     def gates(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The cSE gate ``g_c`` (N, C, 1, 1) and the sSE gate ``g_s`` (N, 1, H, W)."""
-        hidden = self.act(pointwise(self.fc1, x.mean((2, 3))))
-        g_c = torch.sigmoid(pointwise(self.fc2, hidden))[:, :, None, None]
-        # The C -> 1 conv as (1, C) @ (N, C, HW) (a view of x in both memory formats): as
-        # fast forward, and its backward avoids oneDNN's slow one-output-channel conv's.
-        n, _, h, w = x.shape
-        conv = self.spatial_conv
-        logits = torch.matmul(conv.weight.flatten(1).expand(n, 1, -1), x.flatten(2))
-        return g_c, torch.sigmoid(logits + conv.bias).view(n, 1, h, w)
+        g_c = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return g_c, torch.sigmoid(self.spatial_conv(x))
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'channel_gate' (N, C), the cSE gate, and 'spatial_gate' (N, H, W), the sSE gate."""
+        g_c, g_s = self.gates(x)
+        return {'channel_gate': channel_map(g_c, 'cSE channel gate'),
+                'spatial_gate': spatial_map(g_s, x.shape, 'sSE spatial gate')}
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
