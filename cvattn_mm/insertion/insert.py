@@ -8,7 +8,9 @@ pass the hosts' outputs through them, so:
   only ``attention_sites.*`` keys are missing, and reported as such);
 * the model keeps its class, attributes, ``frozen_stages``, ``norm_eval``, ``init_cfg`` and
   ``out_indices``; ``frozen_stages`` does not freeze the inserted attention;
-* hooks are re-attached when a host module is replaced (e.g. SyncBN conversion).
+* hooks are re-attached when a host module is replaced (e.g. SyncBN conversion);
+* a site between a conv and its BatchNorm refuses to run once the pair was fused (mmcv's
+  ``fuse_conv_bn``); ``fusion.fuse_conv_bn`` fuses every other pair.
 """
 import copy
 import inspect
@@ -20,10 +22,12 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 
 from ..attention.base import AttentionModule
 from ..registry import MODELS, register_model
+from .fusion import check_unfused, conv_norm_pairs
 from .places import candidate_message, resolve_places
 from .site import (
     INPUT_SUFFIX,
     LAYOUTS,
+    SITES,
     ApplySite,
     ApplySiteToInput,
     AttentionSite,
@@ -31,7 +35,6 @@ from .site import (
     RecordHWShape,
 )
 
-SITES = 'attention_sites'
 INSERTION_KEYS = ('attention', 'at', 'identity_init', 'layout')
 
 
@@ -65,14 +68,18 @@ def insert_attention(model: nn.Module,
     new_paths = sorted({p for plan in plans for p in plan['paths'] if site_key(p) not in sites},
                        key=lambda p: (order[p.removesuffix(INPUT_SUFFIX)], p))
     outputs = probe_outputs(model, new_paths, example_inputs)
+    pairs = conv_norm_pairs(model)
     for path in new_paths:
         host = model.get_submodule(path.removesuffix(INPUT_SUFFIX))
         layout = next((pl['layout'] for pl in plans if path in pl['paths'] and pl['layout']),
                       None) or infer_layout(host, outputs[path], path)
         shape = outputs[path].shape
         channels = shape[1] if layout == 'nchw' else shape[-1]
-        sites[site_key(path)] = AttentionSite(path, layout, channels)
-        attach_site(model, sites[site_key(path)])
+        site = AttentionSite(path, layout, channels)
+        split = next((p for p in pairs if p.is_split_at(host, site.on_input)), None)
+        site.split_pair = None if split is None else (split.conv_path, split.norm_path)
+        sites[site_key(path)] = site
+        attach_site(model, site)
     for plan in plans:
         for path in plan['paths']:
             site = sites[site_key(path)]
@@ -172,10 +179,12 @@ def _hw_shape_owner(model: nn.Module, path: str):
 
 
 class KeepSitesAttached:
-    """Forward pre-hook of the model: re-attaches sites whose host module was replaced."""
+    """Forward pre-hook of the model: re-attaches sites whose host module was replaced and
+    refuses to run a site whose conv-norm pair was fused (``fusion.check_unfused``)."""
 
     def __call__(self, model, args):
         for site in getattr(model, SITES).values():
+            check_unfused(model, site)
             if site.__dict__.get('_host') is not model.get_submodule(site.host_path):
                 attach_site(model, site)
 

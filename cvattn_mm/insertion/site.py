@@ -4,6 +4,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
+#: Attribute of the model that holds its sites (an ``nn.ModuleDict``).
+SITES = 'attention_sites'
+
 #: Suffix of a place on the input of a module (``'layer1.0.conv3:input'``).
 INPUT_SUFFIX = ':input'
 
@@ -35,6 +38,8 @@ class AttentionSite(nn.Module):
 
     The site converts the host's layout to NCHW and back; for token layouts the (H, W) of
     the current call is recorded by a pre-hook on the enclosing block (``hw_shape``).
+    ``split_pair`` is ``(conv path, norm path)`` when the site lies between a conv and the
+    BatchNorm that mmcv's ``fuse_conv_bn`` would fold into it (see ``fusion.py``), else None.
 
     Args:
         path (str): Path of the host module in the model (``'layer1.0.bn3'``), with the
@@ -50,6 +55,7 @@ class AttentionSite(nn.Module):
         self.channels = channels
         self.attentions = nn.ModuleDict()
         self.hw_shape: Optional[Tuple[int, int]] = None
+        self.split_pair: Optional[Tuple[str, str]] = None
 
     @property
     def host_path(self) -> str:
