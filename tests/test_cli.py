@@ -36,3 +36,17 @@ def test_visualize_draws_one_png_per_image(tmp_path):
     pictures = sorted(out.glob('*.png'))
     assert len(pictures) == 2
     assert all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pictures)
+
+
+def test_insertions_lists_the_plugins(tmp_path, capsys):
+    config = tmp_path / 'gc_plugins.py'
+    config.write_text("default_scope = 'mmdet'\n"
+                      "custom_imports = dict(imports=['cvattn_mm'])\n"
+                      "model = dict(type='ResNet', depth=50, base_channels=8, stem_channels=8, "
+                      "plugins=[dict(cfg=dict(type='GC'), stages=(False, False, False, True), "
+                      "position='after_conv3')])\n")
+    main(['insertions', str(config)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in lines[1:4]] == [
+        ['(model)', f'layer4.{i}.gc', '256'] for i in range(3)]
+    assert lines[-1].startswith('3 attention modules (0 inserted, 3 plug-ins), 26,256 ')

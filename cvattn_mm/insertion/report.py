@@ -1,41 +1,110 @@
-"""What an insertion did: one row per attention module inserted into a model."""
-from typing import Dict, List
+"""What a model's attention is and where: one row per inserted module and per plug-in.
+
+Two mechanisms add attention to a model: ``InsertAttention`` (sites under
+``attention_sites``) and mmdet's/mmseg's ResNet ``plugins=`` (modules of the Bottleneck blocks,
+named in their ``after_conv{1,2,3}_plugin_names``). Both are listed, in forward order.
+"""
+from typing import Dict, List, Tuple
 
 import torch.nn as nn
 
 from .insert import SITES
 from .site import IdentityBlend
 
+#: Bottleneck attributes naming the plug-ins after a conv, and that conv.
+PLUGIN_POSITIONS = {f'after_conv{i}': f'conv{i}' for i in (1, 2, 3)}
+
 
 def insertion_rows(model: nn.Module) -> List[Dict]:
-    """Rows ``path, channels, layout, attention, name, identity_init, params`` for every
-    attention module inserted into ``model`` or any of its submodules, in forward order of
-    the sites (for a detector: its backbone's and neck's sites, paths prefixed)."""
+    """Rows ``module, path, via, channels, layout, attention, name, identity_init, params``.
+
+    ``module`` is the path of the module that the config gives the attention to (the
+    ``module`` of an ``InsertAttention``, the ResNet with ``plugins=``; ``''`` for ``model``
+    itself) and ``path`` is relative to it, so an inserted row's path can be pasted into
+    ``at=`` of that ``InsertAttention``. ``via`` is ``'insertions'`` or
+    ``'plugins <position>'``.
+
+    Args:
+        model: A built model (a backbone, a detector, a segmentor...).
+    """
+    order = {path: i for i, (path, _) in enumerate(model.named_modules())}
     rows = []
     for prefix, module in model.named_modules():
         sites = getattr(module, SITES, None)
-        if not isinstance(sites, nn.ModuleDict):
-            continue
-        for site in sites.values():
-            for name, attention in site.attentions.items():
-                blended = isinstance(attention, IdentityBlend)
-                inner = attention.attention if blended else attention
-                rows.append(dict(
-                    path=f'{prefix}.{site.path}' if prefix else site.path,
-                    channels=site.channels, layout=site.layout,
-                    attention=type(inner).__name__, name=name, identity_init=blended,
-                    params=sum(p.numel() for p in attention.parameters())))
+        if isinstance(sites, nn.ModuleDict):
+            rows += _site_rows(prefix, sites)
+        rows += _plugin_rows(model, prefix, module)
+    return [row for _, row in sorted(rows, key=lambda r: order[r[0]])]
+
+
+def _site_rows(prefix: str, sites: nn.ModuleDict) -> List[Tuple[str, Dict]]:
+    """``(host path in the model, row)`` for every module of every site in ``sites``."""
+    rows = []
+    for site in sites.values():
+        for name, attention in site.attentions.items():
+            blended = isinstance(attention, IdentityBlend)
+            inner = attention.attention if blended else attention
+            rows.append((_join(prefix, site.host_path), dict(
+                module=prefix, path=site.path, via='insertions', channels=site.channels,
+                layout=site.layout, attention=type(inner).__name__, name=name,
+                identity_init=blended, params=_count(attention))))
     return rows
 
 
+def _plugin_rows(model: nn.Module, prefix: str, block: nn.Module) -> List[Tuple[str, Dict]]:
+    """``(plug-in path in the model, row)`` for every plug-in of the block at ``prefix``."""
+    rows = []
+    for position, conv in PLUGIN_POSITIONS.items():
+        for name in getattr(block, f'{position}_plugin_names', None) or ():
+            owner, full = _plugin_owner(model, prefix), _join(prefix, name)
+            plugin = getattr(block, name)
+            rows.append((full, dict(
+                module=owner, path=full[len(owner) + 1:] if owner else full,
+                via=f'plugins {position}', channels=getattr(block, conv).out_channels,
+                layout='nchw', attention=type(plugin).__name__, name=name,
+                identity_init=False, params=_count(plugin))))
+    return rows
+
+
+def _plugin_owner(model: nn.Module, block_path: str) -> str:
+    """The closest ancestor of a plug-in block that holds ``plugins`` and is no block."""
+    parts = block_path.split('.')
+    for depth in range(len(parts) - 1, -1, -1):
+        path = '.'.join(parts[:depth])
+        ancestor = model.get_submodule(path)
+        if getattr(ancestor, 'plugins', None) and \
+                not hasattr(ancestor, 'after_conv1_plugin_names'):
+            return path
+    return ''
+
+
+def _join(prefix: str, path: str) -> str:
+    return f'{prefix}.{path}' if prefix else path
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def format_rows(rows: List[Dict], total_params: int) -> str:
-    """A plain-text table of :func:`insertion_rows` with totals."""
-    lines = [f'{"path":44s} {"channels":>8s} {"layout":>7s}  {"attention":26s} {"params":>10s}']
+    """A plain-text table of :func:`insertion_rows` with totals.
+
+    Args:
+        rows: Rows of :func:`insertion_rows`.
+        total_params: Parameters of the whole model, attention included.
+    """
+    lines = [f'{"module":10s} {"path":34s} {"channels":>8s} {"layout":>7s}  '
+             f'{"attention":26s} {"params":>10s}  via']
     for r in rows:
         attention = r['attention'] + (' (identity init)' if r['identity_init'] else '')
-        lines.append(f'{r["path"]:44s} {r["channels"]:8d} {r["layout"]:>7s}  '
-                     f'{attention:26s} {r["params"]:10,d}')
+        lines.append(f'{r["module"] or "(model)":10s} {r["path"]:34s} {r["channels"]:8d} '
+                     f'{r["layout"]:>7s}  {attention:26s} {r["params"]:10,d}  {r["via"]}')
     added = sum(r['params'] for r in rows)
-    lines.append(f'{len(rows)} attention modules, {added:,d} parameters added; model '
-                 f'{total_params:,d} parameters ({total_params - added:,d} without attention)')
+    plugins = sum(r['via'] != 'insertions' for r in rows)
+    lines.append(f'{len(rows)} attention modules ({len(rows) - plugins} inserted, {plugins} '
+                 f'plug-ins), {added:,d} parameters added; model {total_params:,d} parameters '
+                 f'({total_params - added:,d} without attention)')
+    if plugins < len(rows):
+        lines.append("paths of inserted modules are relative to their module: paste them "
+                     "into at= of that module's InsertAttention")
     return '\n'.join(lines)
