@@ -17,10 +17,13 @@ def list_modules(args) -> None:
 
 
 def print_insertions(args) -> None:
-    from .config import build_model
+    from .config import build_model, load_config
+    from .insertion.plugin_checks import check_plugins
     from .insertion.report import format_rows, insertion_rows
 
-    model = build_model(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
+    check_plugins(cfg.model, cfg.get('default_scope', 'mmengine'))
+    model = build_model(cfg)
     print(format_rows(insertion_rows(model), sum(p.numel() for p in model.parameters())))
 
 

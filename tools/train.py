@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import cvattn_mm  # noqa: F401  (registers the modules; lets torch load mmengine checkpoints)
 from cvattn_mm.config import build_model
+from cvattn_mm.insertion.plugin_checks import check_plugins
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -97,7 +98,9 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 
 def check_model(cfg: Config) -> None:
     """Build the model once before the Runner writes anything, so that a broken model config
-    fails here with its own error and leaves no work dir behind."""
+    fails here with its own error and leaves no work dir behind (``plugins=`` are checked
+    first: mmcv's and mmdet's own errors say little)."""
+    check_plugins(cfg.model, cfg.get('default_scope', 'mmengine'))
     build_model(cfg)
     init_default_scope(cfg.get('default_scope', 'mmengine'))  # for RUNNERS.build below
 

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import DefaultScope
 
 from ..attention.base import AttentionModule
 from ..registry import MODELS, register_model
@@ -50,19 +51,20 @@ def insert_attention(model: nn.Module,
 
     Args:
         model: Any ``nn.Module`` (a backbone, a neck, a whole detector...).
-        insertions: Dicts with ``attention`` (a registered attention config, without
-            ``in_channels``: it is inferred), ``at`` (``'paper'`` or path patterns, default
-            ``'paper'``), ``identity_init`` (default False: when True the attention is blended
-            in by a zero-initialised gain, so the model computes exactly what it computed
-            without it), ``layout`` (optional override of the inferred layout).
-            Several insertions at one place apply in the given order.
+        insertions: A list of dicts with ``attention`` (a registered attention config,
+            without ``in_channels``: it is inferred; or its type name, ``'CBAM'``), ``at``
+            (``'paper'`` or path patterns, default ``'paper'``), ``identity_init`` (default
+            False: when True the attention is blended in by a zero-initialised gain, so the
+            model computes exactly what it computed without it), ``layout`` (optional
+            override of the inferred layout). Several insertions at one place apply in the
+            given order.
         example_inputs: Inputs of one forward pass used to infer the channels and layouts
             of the hosts; by default an image of 224x224 (necks: maps of the ``in_channels``).
 
     Returns:
         ``model``, with an ``attention_sites`` ModuleDict.
     """
-    plans = [_plan(model, dict(insertion)) for insertion in insertions]
+    plans = [_plan(model, dict(insertion)) for insertion in _checked_list(insertions)]
     sites = _sites_of(model)
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
     new_paths = sorted({p for plan in plans for p in plan['paths'] if site_key(p) not in sites},
@@ -91,12 +93,27 @@ def insert_attention(model: nn.Module,
     return model
 
 
+def _checked_list(insertions) -> list:
+    """``insertions`` if it is a list (or tuple) of dicts, else a ValueError saying so."""
+    if isinstance(insertions, (list, tuple)) and all(isinstance(i, dict) for i in insertions):
+        return list(insertions)
+    hint = ' (put it in a list: [dict(...)])' if isinstance(insertions, dict) else ''
+    raise ValueError("insertions= takes a list of dicts such as [dict(attention=dict(type="
+                     f"'CBAM'), at='paper')], got {type(insertions).__name__} "
+                     f'{insertions!r}{hint}')
+
+
 def _plan(model: nn.Module, insertion: dict) -> dict:
     unknown = sorted(set(insertion) - set(INSERTION_KEYS))
     if unknown or 'attention' not in insertion:
         raise ValueError(f'an insertion takes the keys {INSERTION_KEYS} (attention required), '
                          f'got {sorted(insertion)}')
-    attention = copy.deepcopy(dict(insertion['attention']))
+    attention = insertion['attention']
+    attention = dict(type=attention) if isinstance(attention, str) else attention
+    if not isinstance(attention, dict):
+        raise ValueError("an insertion's attention is a config dict (dict(type='CBAM', "
+                         f"reduction=8)) or a type name ('CBAM'), got {attention!r}")
+    attention = copy.deepcopy(dict(attention))
     if 'type' not in attention:
         raise ValueError(f'insertion attention config needs a type, got {attention}')
     if 'in_channels' in attention:
@@ -256,4 +273,21 @@ def build_with_attention(module: dict, insertions: Sequence[dict],
     set ``pretrained``) work as with the plain backbone.
     """
     module = dict(module, **module_options)
-    return insert_attention(MMENGINE_MODELS.build(module), insertions, example_inputs)
+    return insert_attention(_build_module(module), insertions, example_inputs)
+
+
+def _build_module(module: dict) -> nn.Module:
+    """``module`` built by mmengine's registry; an unscoped type without a default scope
+    raises a KeyError that names the two ways to give one."""
+    try:
+        return MMENGINE_MODELS.build(module)
+    except KeyError as error:
+        name = module.get('type')
+        if not (isinstance(name, str) and '.' not in name and f'{name} is not in the' in
+                str(error) and DefaultScope.get_current_instance() is None):
+            raise
+        raise KeyError(f"InsertAttention: module type '{name}' needs a scope, and no default "
+                       f"scope is set: write a scoped type (type='mmpretrain.{name}', "
+                       f"'mmdet.{name}', 'mmseg.{name}'), or call mmengine.registry."
+                       "init_default_scope('mmpretrain') (or 'mmdet', 'mmseg') before "
+                       'building') from error

@@ -6,7 +6,7 @@ from typing import List, Sequence, Union
 import torch.nn as nn
 
 from ..attention.base import PAPER_POSITIONS
-from .presets import PAPER_PRESETS, find_preset
+from .presets import PAPER_PRESETS, find_preset, find_substitute
 from .site import INPUT_SUFFIX
 
 
@@ -65,9 +65,11 @@ def _paper_places(model: nn.Module, attention_cls: type) -> List[str]:
             f'e.g. at=\'stages.*\'; {candidate_message(model, "stage")}')
     places = preset(model, position)
     if not places:
+        substitute = find_substitute(model, position)
+        hint = (f"use at='{substitute[0]}' instead: {substitute[1]}" if substitute else
+                f'give module-path patterns instead; {candidate_message(model, "conv2")}')
         raise ValueError(
             f"at='paper': {attention_cls.__name__}'s paper position '{position}' "
             f'({PAPER_POSITIONS[position]}) is not defined for {type(model).__name__} '
-            f'(of this configuration); give module-path patterns instead; '
-            f'{candidate_message(model, "conv2")}')
+            f'(of this configuration); {hint}')
     return places

@@ -4,13 +4,21 @@ A preset maps a module's ``paper_position`` (see ``attention.base.PAPER_POSITION
 module paths of one backbone family. Presets are registered by backbone class name and found
 through the class's MRO, so they cover mmpretrain's, mmdet's and mmseg's classes of that name
 and their subclasses (ResNetV1c/V1d, ResNeXt, ...). A preset returns ``None`` for a position
-that its family does not define.
+that its family does not define; :data:`SUBSTITUTES` then names the places to use instead, if
+there are natural ones.
 """
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
 PAPER_PRESETS: Dict[str, Callable[[nn.Module, str], Optional[List[str]]]] = {}
+
+#: ``(backbone class name, paper position) -> (pattern, why)`` where a preset returns None.
+SUBSTITUTES: Dict[Tuple[str, str], Tuple[str, str]] = {
+    ('ResNet', 'replaces_mid_conv'): (
+        'layer*.*.bn1', "a BasicBlock has no bottleneck 3x3 conv; its first 3x3 conv's norm "
+        'takes that role (as in configs/classification/resnet18/resnet18-sk_8xb32_in1k.py)'),
+}
 
 
 def register_preset(*class_names: str):
@@ -29,6 +37,15 @@ def find_preset(model: nn.Module):
     for klass in type(model).__mro__:
         if klass.__name__ in PAPER_PRESETS:
             return PAPER_PRESETS[klass.__name__]
+    return None
+
+
+def find_substitute(model: nn.Module, position: str) -> Optional[Tuple[str, str]]:
+    """``(pattern, why)`` of :data:`SUBSTITUTES` for ``model``'s family and ``position``, or
+    ``None``."""
+    for klass in type(model).__mro__:
+        if (klass.__name__, position) in SUBSTITUTES:
+            return SUBSTITUTES[klass.__name__, position]
     return None
 
 
