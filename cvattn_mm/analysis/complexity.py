@@ -1,13 +1,15 @@
 """Parameters and FLOPs of a module, or of a config's model with and without its attention.
 
 FLOPs are mmengine's count (:class:`mmengine.analysis.FlopAnalyzer`, as in the OpenMMLab
-``get_flops`` tools): one multiply-add is one FLOP, for convolutions, linear layers, matrix
-products, norms, adaptive average pooling, upsampling and ``grid_sample``; element-wise ops
-(the gates' sigmoids and products, ``mean``, ``softmax``...) are not counted, so a module
-made only of them (SimAM) counts 0. Two matrix products that mmengine 0.10 does not count
-are added (:data:`EXTRA_FLOP_OPS`): ``baddbmm`` and ``scaled_dot_product_attention``
-(``Q K^T`` and ``A V``); without them a non-local block written with them would count a
-fraction of the same block written with ``matmul``.
+``get_flops`` tools; fvcore's convention): one multiply-add is one FLOP, for convolutions,
+linear layers and matrix products; norms, adaptive average pooling, upsampling and
+``grid_sample`` per element. Other element-wise work (the gates' sigmoids and products,
+``mean``, max pools, ``softmax``...) is not counted, so a module made only of it (SimAM)
+counts 0; ``elementwise=True`` counts it too (:mod:`.elementwise_flops` states the rule).
+Two matrix products that mmengine 0.10 does not count are added (:data:`EXTRA_FLOP_OPS`):
+``baddbmm`` and ``scaled_dot_product_attention`` (``Q K^T`` and ``A V``); without them a
+non-local block written with them would count a fraction of the same block written with
+``matmul``.
 """
 import copy
 import math
@@ -23,6 +25,7 @@ from mmengine.model import BaseModel, revert_sync_batchnorm
 from ..attention.base import AttentionModule
 from ..attention.catalog import attention_classes
 from ..config import build_model, load_config
+from .elementwise_flops import ELEMENTWISE_FLOP_OPS
 
 INSERT_TYPES = ('InsertAttention', 'cvattn_mm.InsertAttention')
 
@@ -50,20 +53,23 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def count_flops(module: nn.Module, inputs: Union[torch.Tensor, Tuple]) -> int:
+def count_flops(module: nn.Module, inputs: Union[torch.Tensor, Tuple],
+                elementwise: bool = False) -> int:
     """mmengine's FLOP count of one forward pass of ``module`` in eval mode.
 
     Args:
         module: Any module; traced with ``torch.jit``.
         inputs: The input tensor, or a tuple of the forward's arguments.
+        elementwise: Count the element-wise work too (:mod:`.elementwise_flops`).
     """
-    return flops_by_module(module, inputs)['']
+    return flops_by_module(module, inputs, elementwise=elementwise)['']
 
 
 def flops_by_module(module: nn.Module, inputs: Union[torch.Tensor, Tuple],
-                    names: Sequence[str] = ()) -> Dict[str, int]:
+                    names: Sequence[str] = (), elementwise: bool = False) -> Dict[str, int]:
     """FLOP counts of one forward pass of ``module`` in eval mode: the total (key ``''``)
-    and that of each submodule in ``names`` (paths in ``module``)."""
+    and that of each submodule in ``names`` (paths in ``module``); with ``elementwise``,
+    the element-wise work counted too."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs, )
     training = module.training
     module.eval()  # not chained: mmpretrain's and mmdet's ResNet.train() return None
@@ -71,6 +77,8 @@ def flops_by_module(module: nn.Module, inputs: Union[torch.Tensor, Tuple],
         with torch.no_grad():
             analyzer = FlopAnalyzer(module, inputs)
             analyzer.set_op_handle(**EXTRA_FLOP_OPS)
+            if elementwise:
+                analyzer.set_op_handle(**ELEMENTWISE_FLOP_OPS)
             analyzer.unsupported_ops_warnings(False)
             analyzer.uncalled_modules_warnings(False)
             return {name: int(analyzer.total(name)) for name in ('', *names)}
@@ -142,7 +150,8 @@ def _data_samples(model: nn.Module, inputs: torch.Tensor):
     return [DetDataSample(metainfo=meta) for _ in range(inputs.shape[0])]
 
 
-def config_complexity(cfg: Union[str, Config], shape: Sequence[int] = (224, 224)) -> dict:
+def config_complexity(cfg: Union[str, Config], shape: Sequence[int] = (224, 224),
+                      elementwise: bool = False) -> dict:
     """Params and FLOPs of a config's model, and what its attention adds.
 
     The baseline is the same config's model with the attention stripped
@@ -154,11 +163,13 @@ def config_complexity(cfg: Union[str, Config], shape: Sequence[int] = (224, 224)
     Args:
         cfg: A config or a config file.
         shape: Input (H, W); the input is one random 3-channel image.
+        elementwise: Count the element-wise work too (:mod:`.elementwise_flops`).
 
     Returns:
         dict: ``shape``; ``params``, ``flops``, ``base_params``, ``base_flops``,
         ``added_params``, ``added_flops`` for the whole model; ``parts``: the same per
-        part name (parts without parameters and FLOPs left out); ``attention_modules``
+        part name (parts without parameters and FLOPs left out); ``elementwise``;
+        ``attention_modules``
         (count of our attention modules in the model) and ``attention_params`` (theirs).
     """
     cfg = load_config(cfg)
@@ -167,8 +178,9 @@ def config_complexity(cfg: Union[str, Config], shape: Sequence[int] = (224, 224)
     model, base = (revert_sync_batchnorm(build_model(cfg, model_cfg=model_cfg))
                    for model_cfg in (None, strip_attention(cfg.model)))
     parts = [name for name, _ in model.named_children()]
-    counts = [_counts(m, inputs, parts) for m in (model, base)]
-    result = dict(shape=list(shape), **_complexity(*counts[0][''], *counts[1]['']))
+    counts = [_counts(m, inputs, parts, elementwise) for m in (model, base)]
+    result = dict(shape=list(shape), elementwise=elementwise,
+                  **_complexity(*counts[0][''], *counts[1]['']))
     result['parts'] = {p: _complexity(*counts[0][p], *counts[1].get(p, (0, 0)))
                        for p in parts if any(counts[0][p] + counts[1].get(p, (0, 0)))}
     attentions = [m for m in model.modules() if isinstance(m, AttentionModule)]
@@ -177,12 +189,14 @@ def config_complexity(cfg: Union[str, Config], shape: Sequence[int] = (224, 224)
     return result
 
 
-def _counts(model: nn.Module, inputs: torch.Tensor, parts: Sequence[str]) -> dict:
+def _counts(model: nn.Module, inputs: torch.Tensor, parts: Sequence[str],
+            elementwise: bool) -> dict:
     """``{'': (params, flops), part: (params, flops), ...}`` of ``model`` and those of
     ``parts`` that are its children."""
     children = dict(model.named_children())
     parts = [p for p in parts if p in children]
-    flops = flops_by_module(TensorForward(model), inputs, [f'model.{p}' for p in parts])
+    flops = flops_by_module(TensorForward(model), inputs, [f'model.{p}' for p in parts],
+                            elementwise)
     counts = {p: (count_params(children[p]), flops[f'model.{p}']) for p in parts}
     counts[''] = (count_params(model), flops[''])
     return counts

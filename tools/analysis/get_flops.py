@@ -1,12 +1,16 @@
 """Params and FLOPs of a config's model, and what its attention adds.
 
-    python tools/analysis/get_flops.py CONFIG [--shape H [W]] [--cfg-options k=v ...]
+    python tools/analysis/get_flops.py CONFIG [--shape H [W]] [--elementwise]
+        [--cfg-options k=v ...]
 
 The model is built with the config's default scope (mmpretrain, mmdet, mmseg) and compared
 with the same config's model without the attention of cvattn_mm (``InsertAttention``
 wrappers replaced by the model they wrap, attention ``plugins`` removed). FLOPs are
-mmengine's count on one random image (see ``cvattn_mm/analysis/complexity.py``);
-detectors get one data sample with the image's shape, as in mmdet's ``get_flops``.
+mmengine's count on one random image (see ``cvattn_mm/analysis/complexity.py``): multiply-adds
+of convs, linears and matmuls, norms and adaptive average pools; ``--elementwise`` also counts
+the element-wise work (gates, products, means, max pools, softmax; the rule is in
+``cvattn_mm/analysis/elementwise_flops.py``). Detectors get one data sample with the image's
+shape, as in mmdet's ``get_flops``. The output states the convention used.
 """
 import argparse
 import sys
@@ -14,6 +18,7 @@ import sys
 from mmengine.config import DictAction
 
 from cvattn_mm.analysis.complexity import config_complexity
+from cvattn_mm.analysis.elementwise_flops import DEFAULT_CONVENTION, ELEMENTWISE_CONVENTION
 from cvattn_mm.config import load_config
 
 
@@ -22,6 +27,9 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file')
     parser.add_argument('--shape', type=int, nargs='+', default=[224, 224],
                         help='input size: H W, or one value for a square (default 224 224)')
+    parser.add_argument('--elementwise', action='store_true',
+                        help='also count element-wise work: gates, products, means, pools, '
+                        'softmax (default: mmengine\'s multiply-add count)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings, key=value')
     args = parser.parse_args(argv)
@@ -49,14 +57,15 @@ def report(config: str, result: dict) -> str:
               '(random weights: heads whose work depends on their input, such as an RPN, '
               'may differ by chance)',
               f'attention modules of cvattn_mm: {result["attention_modules"]}, '
-              f'{result["attention_params"]:,} params']
+              f'{result["attention_params"]:,} params',
+              ELEMENTWISE_CONVENTION if result['elementwise'] else DEFAULT_CONVENTION]
     return '\n'.join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
-    print(report(args.config, config_complexity(cfg, args.shape)))
+    print(report(args.config, config_complexity(cfg, args.shape, args.elementwise)))
     return 0
 
 
