@@ -42,6 +42,7 @@ def visualize(args) -> None:
 
 def main(argv=None) -> int:
     from .analysis.benchmark_command import add_arguments as add_benchmark_arguments
+    from .quiet import silence_upstream_noise
     from .visualization.command import add_arguments as add_visualize_arguments
 
     parser = argparse.ArgumentParser(prog='cvattn-mm', description=__doc__)
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     add_visualize_arguments(p)
     p.set_defaults(run=visualize)
     args = parser.parse_args(argv)
+    silence_upstream_noise()
     args.run(args)
     return 0
 

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 import cvattn_mm  # noqa: F401  (registers the modules; lets torch load mmengine checkpoints)
 from cvattn_mm.config import build_model
 from cvattn_mm.insertion.plugin_checks import check_plugins
+from cvattn_mm.quiet import silence_upstream_noise
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -147,6 +148,7 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def main(argv=None) -> None:
+    silence_upstream_noise()
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
     build_runner(cfg).train()

@@ -7,6 +7,7 @@ import argparse
 from mmengine.config import DictAction
 
 from cvattn_mm.cli import print_insertions
+from cvattn_mm.quiet import silence_upstream_noise
 
 
 def parse_args():
@@ -18,4 +19,5 @@ def parse_args():
 
 
 if __name__ == '__main__':
+    silence_upstream_noise()
     print_insertions(parse_args())
