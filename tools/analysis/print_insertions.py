@@ -1,4 +1,4 @@
-"""Print where the attention of a config lands: module path, channels, layout, parameters.
+"""Print where the attention of a config lands (inserted or plugins=): path, channels, params.
 
     python tools/analysis/print_insertions.py CONFIG [--cfg-options k=v ...]
 """
