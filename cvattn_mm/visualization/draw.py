@@ -24,6 +24,8 @@ PANEL = 2.4
 DPI = 100
 CMAP = 'jet'
 ALPHA = 0.5
+#: Kinds whose values are gates (mostly sigmoids): drawn on a fixed 0..1 scale.
+GATE_KINDS = ('spatial', 'channel')
 _SITE = re.compile(r'attention_sites\.([^.]+)\.attentions\.')
 
 
@@ -80,13 +82,72 @@ def _to_pixels(points: np.ndarray, input_hw: Tuple[int, int]) -> np.ndarray:
     return (points + 1) / 2 * size - 0.5
 
 
-def _color_range(values: np.ndarray) -> Normalize:
-    """The colour scale of a map: its range, or ``[0, 2 v]`` for a constant map of value
-    ``v`` > 0 (``[v - 1, v + 1]`` otherwise), which rounding noise would otherwise fill."""
+def applied_gate(m: AttentionMap, gain: float) -> AttentionMap:
+    """The gate a site inserted with ``identity_init=True`` applies for a gate map ``m``:
+    ``x + g (x * gate - x) = x * (1 + g (gate - 1))``, ``g`` the blend's gain (for a module
+    whose output is ``x * gate``)."""
+    return AttentionMap(m.kind, 1 + gain * (m.values - 1), m.title)
+
+
+def _is_constant(low: float, high: float) -> bool:
+    return high - low <= 1e-6 * max(1.0, abs(high))
+
+
+def color_scale(values: np.ndarray, gate: bool) -> Normalize:
+    """The colour scale of a map: fixed ``[0, 1]`` for a gate within it (a gate from 0.404
+    to 0.412 looks nearly flat, as it is), else the map's range; a constant map ``v`` is
+    drawn in the middle of ``[0, 2 v]`` (or on ``[0, 1]`` for ``v`` in it) rather than on
+    a range that rounding noise would fill."""
     low, high = float(values.min()), float(values.max())
-    if high - low > 1e-6 * max(1.0, abs(high)):
+    if gate and low >= 0 and high <= 1:
+        return Normalize(0.0, 1.0)
+    if not _is_constant(low, high):
         return Normalize(low, high)
-    return Normalize(0.0, 2 * high) if high > 0 else Normalize(high - 1, high + 1)
+    if 0 <= high <= 1:
+        return Normalize(0.0, 1.0)
+    return Normalize(min(0.0, 2 * high), max(0.0, 2 * high))
+
+
+def _number(value: float) -> str:
+    """Three decimals, or three significant digits for a tiny or huge value."""
+    return f'{value:.3f}' if value == 0 or 0.01 <= abs(value) < 1000 else f'{value:.3g}'
+
+
+def range_note(values: np.ndarray) -> str:
+    """``'constant v'`` for a flat map, else ``'range low to high'``."""
+    low, high = float(values.min()), float(values.max())
+    if _is_constant(low, high):
+        return f'constant {_number(high)}'
+    return f'range {_number(low)} to {_number(high)}'
+
+
+def _scale_note(kind: str, scale: Normalize, values: np.ndarray) -> str:
+    """How the colours of a map span: fixed 0..1, around a constant, or its own range."""
+    if kind == 'channel':
+        return ''  # a histogram: its x axis says it
+    if (scale.vmin, scale.vmax) == (0, 1):
+        return ', colours 0 to 1'
+    if _is_constant(float(values.min()), float(values.max())):
+        return f', colours {_number(scale.vmin)} to {_number(scale.vmax)}'
+    return ', colours span the range'
+
+
+def panel(site: CapturedMaps, name: str, m: AttentionMap) -> Tuple[AttentionMap, str]:
+    """The map drawn for ``site``'s map ``name`` (the applied gate for an ``identity_init``
+    site's gates) and the panel's title: module, map, what is drawn, its range."""
+    lines = [site_label(site.path), f'{site.type_name} {site.input_shape[1]}x'
+             f'{site.input_shape[2]}x{site.input_shape[3]}: {name}', m.title]
+    if site.gain is not None:
+        if m.kind in GATE_KINDS:
+            m = applied_gate(m, site.gain)
+            lines.append(f'identity_init g={site.gain:.3g}: drawn 1 + g (gate - 1)')
+        else:
+            lines.append(f'identity_init g={site.gain:.3g}: the module\'s own map')
+    if m.kind != 'points':
+        values = m.values[0].numpy()
+        scale = color_scale(values, m.kind in GATE_KINDS)
+        lines.append(range_note(values) + _scale_note(m.kind, scale, values))
+    return m, '\n'.join(lines)
 
 
 def _draw_map(fig, ax, image, m: AttentionMap, input_hw, title: str) -> None:
@@ -115,8 +176,9 @@ def _draw_map(fig, ax, image, m: AttentionMap, input_hw, title: str) -> None:
         ax.set_xlim(-0.5, width - 0.5)
         ax.set_ylim(height - 0.5, -0.5)
         return
+    norm = color_scale(m.values[0].numpy(), m.kind in GATE_KINDS)
     values = _upsample(m.values[0], input_hw, (height, width))
-    overlay = ax.imshow(values, cmap=CMAP, alpha=ALPHA, norm=_color_range(values))
+    overlay = ax.imshow(values, cmap=CMAP, alpha=ALPHA, norm=norm)
     bar = fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02)
     bar.ax.tick_params(labelsize=5)
     bar.ax.ticklabel_format(useOffset=False)  # gates near 0.5 vary little: show true values
@@ -130,9 +192,12 @@ def draw_attention_maps(image: np.ndarray,
                         pattern: Optional[str] = None) -> List[CapturedMaps]:
     """Write one PNG: the image, then one row per selected module with its maps.
 
-    Spatial gates and weights are resized bilinearly to the image and overlaid in colour;
-    channel gates are histograms; sampling points are scattered over the image, with lines
-    from their reference points. Sample 0 of the batch is drawn.
+    Spatial gates and weights are resized bilinearly to the image and overlaid in colour
+    (gates within [0, 1] on a fixed 0..1 scale, other maps on their range); channel gates
+    are histograms; sampling points are scattered over the image, with lines from their
+    reference points. Each title gives the map's range, or 'constant v' for a flat map; for
+    a module inserted with ``identity_init=True`` the gates drawn are those the site applies,
+    ``1 + g (gate - 1)``, with the gain ``g`` in the title. Sample 0 of the batch is drawn.
 
     Args:
         image (np.ndarray): The input image, RGB uint8 (H, W, 3).
@@ -163,9 +228,8 @@ def draw_attention_maps(image: np.ndarray,
         for col, (name, m) in enumerate(site.maps.items()):
             ax = axes[row, col]
             ax.set_visible(True)
-            title = (f'{site_label(site.path)}\n{site.type_name} {site.input_shape[1]}x'
-                     f'{site.input_shape[2]}x{site.input_shape[3]}: {name}\n{m.title}')
-            _draw_map(fig, ax, image, m, input_hw, title)
+            drawn, title = panel(site, name, m)
+            _draw_map(fig, ax, image, drawn, input_hw, title)
     fig.tight_layout()
     fig.savefig(out_file)
     return sites
