@@ -1,4 +1,5 @@
-"""NonLocalBlock: each pairwise function against its formula, identity at init, params."""
+"""NonLocalBlock: each pairwise function against its formula, identity at init, params,
+maps."""
 import copy
 import functools
 import math
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cvattn_mm.attention.spatial.non_local import MODES, NonLocalBlock
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -189,3 +191,73 @@ def test_checkpoint_is_not_overwritten_by_zero_init(tmp_path):
     contract.perturb_parameters(module)
     module.init_weights()
     assert module.norm.weight.abs().min() > 0
+
+
+MAP_VARIANTS = [{}, dict(mode='gaussian', sub_sample=True),
+                dict(mode='dot_product', norm_cfg=None),
+                dict(mode='concatenation', sub_sample=True)]
+
+
+def build_for_maps(**kwargs):
+    torch.manual_seed(0)
+    return contract.perturb_parameters(NonLocalBlock(32, **kwargs), scale=0.5).eval()
+
+
+def maps_input(size=(7, 10)):
+    return torch.randn(2, 32, *size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize('kwargs', MAP_VARIANTS, ids=str)
+def test_maps_rebuild_the_forward(kwargs):
+    """The output from the pairwise weights that the maps show, and g."""
+    module = build_for_maps(**kwargs)
+    x = maps_input()
+    n, _, h, w = x.shape
+    d = module.inter_channels
+    with torch.no_grad():
+        expected = module(x)
+        maps = extract_maps(module, x)
+        theta, phi, g = module.embed(x)
+        attn = module.pairwise_weights(theta, phi)
+        keys = maps['centre_query'].values.shape[1:]
+        assert attn.shape == (n, h * w, keys[0] * keys[1])
+        centre = (h // 2) * w + w // 2
+        assert torch.equal(maps['centre_query'].values.flatten(1), attn[:, centre])
+        z = module.conv_out(torch.bmm(attn, g).transpose(1, 2).reshape(n, d, h, w))
+        rebuilt = x + (z if module.norm is None else module.norm(z))
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'{kwargs}: {err:.3g}'
+    assert maps
+
+
+@pytest.mark.parametrize('mode', ['dot_product', 'concatenation'])
+def test_non_softmax_non_local_weights(mode):
+    maps = extract_maps(build_for_maps(mode=mode, sub_sample=True), maps_input((8, 10)))
+    assert maps['centre_query'].values.shape == (2, 4, 5)
+    assert 'pairwise weight' in maps['centre_query'].title
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_plain_layers_compute_the_same(mode):
+    """A tool that swaps the layer types for plain convolutions gets the same block."""
+    module = contract.perturb_parameters(NonLocalBlock(16, mode=mode, sub_sample=True)).eval()
+    x = torch.randn(2, 16, 6, 7)
+    with torch.no_grad():
+        expected = module(x)
+        for name, layer in list(module.named_children()):
+            if isinstance(layer, torch.nn.Conv2d):
+                plain = torch.nn.Conv2d(layer.in_channels, layer.out_channels, 1,
+                                        bias=layer.bias is not None)
+                plain.load_state_dict(layer.state_dict())
+                setattr(module, name, plain)
+        assert all(type(m) is torch.nn.Conv2d for m in module.children()
+                   if isinstance(m, torch.nn.Conv2d))
+        contract.assert_close_rel(module(x), expected, 1e-5, 'plain convolutions')
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyNonLocal', (NonLocalBlock,), {'_abbr_': 'my_non_local'})
+    with pytest.raises(ValueError, match='MyNonLocal.*mode'):
+        sub(16, mode='softmax')
+    with pytest.raises(ValueError, match='MyNonLocal.*reduction'):
+        sub(16, reduction=0)

@@ -1,4 +1,5 @@
 """Non-local block."""
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -8,9 +9,40 @@ from mmcv.cnn import build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, reduced_channels
+from ..maps import AttentionMap, query_weight_maps
+from ..pointwise import PointwiseConv2d
 
 MODES = ('embedded_gaussian', 'dot_product', 'gaussian', 'concatenation')
 
+
+class TokenPointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution that writes its output token by token (channels_last memory).
+
+    An ``nn.Conv2d`` (kernel 1; same state-dict keys, hooks, FLOP counting) that takes and
+    returns (N, C, H, W) tensors with the same values; its output's memory is (N, H, W,
+    C_out), so that ``out.flatten(2).transpose(1, 2)`` is a row-contiguous (N, H W, C_out)
+    view: the layout attention kernels read queries, keys and values in. It computes the
+    tokens ``x^T W^T + b`` as one batched product on the transposed view of ``x`` (no copy
+    for contiguous and channels_last inputs).
+
+    Args:
+        in_channels (int): Input channels C.
+        out_channels (int): Output channels C_out.
+        bias (bool): Whether to add a learnable bias.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (N, L, C)
+        weight = self.weight.flatten(1).t().expand(n, -1, -1)
+        if self.bias is None:
+            out = torch.bmm(tokens, weight)
+        else:
+            out = torch.baddbmm(self.bias, tokens, weight)  # (N, L, C_out), contiguous
+        return out.transpose(1, 2).unflatten(2, (h, w))
 
 
 @register_model()
@@ -35,7 +67,9 @@ class NonLocalBlock(AttentionModule):
     and 1x1 maps work (the last row/column is pooled alone instead of dropped; the paper uses
     even maps). Dot product uses ``(theta^T phi) g = theta^T (phi g^T)`` whichever order is
     cheaper for the input size (same math). theta, phi and g are one conv ``theta_phi_g``
-    (same parameters as three; state-dict keys differ from mmcv's ``NonLocal2d``).
+    (same parameters as three; state-dict keys differ from mmcv's ``NonLocal2d``), a
+    :class:`TokenPointwiseConv2d` whose output is read as row-contiguous tokens; ``W_z`` and
+    ``w_f`` are :class:`~cvattn_mm.attention.pointwise.PointwiseConv2d` (matrix products).
     ``init_weights`` redoes the zero-initialisation after ``init_cfg`` unless it loads a
     checkpoint.
 
@@ -66,17 +100,18 @@ class NonLocalBlock(AttentionModule):
                  norm_cfg: dict | None = dict(type='BN'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        self.mode = check_choice('NonLocalBlock', 'mode', mode, MODES)
+        owner = type(self).__name__
+        self.mode = check_choice(owner, 'mode', mode, MODES)
         self.sub_sample = bool(sub_sample)
         self.reduction = reduction
-        d = reduced_channels('NonLocalBlock', in_channels, reduction, min_channels)
+        d = reduced_channels(owner, in_channels, reduction, min_channels)
         self.inter_channels = d
         # theta, phi and g in one conv (channels [theta | phi | g]); g only for Gaussian.
-        self.theta_phi_g = nn.Conv2d(in_channels, d if mode == 'gaussian' else 3 * d, 1)
+        self.theta_phi_g = TokenPointwiseConv2d(in_channels, d if mode == 'gaussian' else 3 * d)
         if mode == 'concatenation':
             # w_f of the paper: a 1x1 conv 2d -> 1 (no bias) on [theta_i; phi_j].
-            self.concat_project = nn.Conv2d(2 * d, 1, 1, bias=False)
-        self.conv_out = nn.Conv2d(d, in_channels, 1, bias=norm_cfg is None)
+            self.concat_project = PointwiseConv2d(2 * d, 1, bias=False)
+        self.conv_out = PointwiseConv2d(d, in_channels, bias=norm_cfg is None)
         self.norm = build_norm_layer(norm_cfg, in_channels)[1] if norm_cfg else None
         self.init_special()
 
@@ -96,44 +131,61 @@ class NonLocalBlock(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         n, c, h, w = x.shape
-        d = self.inter_channels
-        # Everything runs on (N, L, ch) tokens: the 1x1 convs are batched GEMMs on the
-        # transposed view of x (no copy), and SDPA gets row-contiguous q, k, v.
-        tokens = x.flatten(2).transpose(1, 2)
-        weight = self.theta_phi_g.weight.flatten(1)
-        emb = torch.baddbmm(self.theta_phi_g.bias, tokens, weight.t().expand(n, -1, -1))
-        if self.mode == 'gaussian':
-            x_emb = tokens.to(emb.dtype)  # autocast: match g's dtype for the attention
-            theta, phi, g = x_emb, self._pool(x_emb, h, w), self._pool(emb, h, w)
-        else:
-            theta, phi_g = emb[..., :d], self._pool(emb[..., d:], h, w)
-            phi, g = phi_g[..., :d], phi_g[..., d:]
+        theta, phi, g = self.embed(x)
         num_keys = phi.shape[1]
         if self.mode in ('embedded_gaussian', 'gaussian'):
             # One head; 4-D inputs, as the ONNX exporter's SDPA requires.
             q, k, v = (t.unsqueeze(1) for t in (theta, phi, g))
             y = F.scaled_dot_product_attention(q, k, v, scale=1.0).squeeze(1)
-        elif self.mode == 'dot_product':
-            # Same math either way; jit.trace freezes the order chosen for its example.
-            if 2 * num_keys * h * w <= d * (num_keys + h * w):
-                y = torch.bmm(torch.bmm(theta, phi.transpose(1, 2)), g) / num_keys
-            else:
-                y = torch.bmm(theta, torch.bmm(phi.transpose(1, 2), g) / num_keys)
-        else:  # concatenation: w_f^T [theta_i; phi_j] = w_theta^T theta_i + w_phi^T phi_j
-            w_theta, w_phi = self.concat_project.weight.view(2, d, 1).unbind(0)
-            score_q = torch.matmul(theta, w_theta)  # (N, Lq, 1)
-            score_k = torch.matmul(phi, w_phi).transpose(1, 2)  # (N, 1, Lk)
-            y = torch.bmm(F.relu(score_q + score_k) / num_keys, g)
-        # W_z back to NCHW: (C, d) @ (N, d, L) -> contiguous (N, C, L).
-        w_z = self.conv_out.weight.flatten(1).expand(n, -1, -1)
-        if self.conv_out.bias is None:
-            z = torch.bmm(w_z, y.transpose(1, 2))
+        elif self.mode == 'dot_product' and 2 * num_keys * h * w > self.inter_channels * (
+                num_keys + h * w):
+            # theta^T (phi g^T) is cheaper here; jit.trace freezes the order of its example.
+            y = torch.bmm(theta, torch.bmm(phi.transpose(1, 2), g) / num_keys)
         else:
-            z = torch.baddbmm(self.conv_out.bias[:, None], w_z, y.transpose(1, 2))
-        z = z.view(n, c, h, w)
+            y = torch.bmm(self.pairwise_weights(theta, phi), g)
+        # W_z on the (N, d, H, W) view of the tokens: a contiguous (N, C, H, W) result.
+        z = self.conv_out(y.transpose(1, 2).unflatten(2, (h, w)))
         if self.norm is not None:
             z = self.norm(z)
         return x + z
+
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """theta (N, L, d), phi and g (N, L_k, d) of ``x`` (N, C, H, W) as tokens (L = H W;
+        L_k = L, or the pooled positions with ``sub_sample``); in the Gaussian mode theta and
+        phi are ``x`` itself (C wide)."""
+        _, _, h, w = x.shape
+        d = self.inter_channels
+        emb = self.theta_phi_g(x).flatten(2).transpose(1, 2)  # (N, L, 3d or d)
+        if self.mode == 'gaussian':
+            x_emb = x.flatten(2).transpose(1, 2).to(emb.dtype)  # autocast: g's dtype
+            return x_emb, self._pool(x_emb, h, w), self._pool(emb, h, w)
+        phi_g = self._pool(emb[..., d:], h, w)
+        return emb[..., :d], phi_g[..., :d], phi_g[..., d:]
+
+    def pairwise_weights(self, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """The weights ``f(x_i, x_j) / C(x)`` (N, L, L_k) of the mode; ``y = weights @ g``."""
+        num_keys = phi.shape[1]
+        if self.mode in ('embedded_gaussian', 'gaussian'):
+            return torch.bmm(theta, phi.transpose(1, 2)).softmax(-1)
+        if self.mode == 'dot_product':
+            return torch.bmm(theta, phi.transpose(1, 2)) / num_keys
+        # concatenation: w_f^T [theta_i; phi_j] = w_f^T [theta_i; 0] + w_f^T [0; phi_j] (w_f
+        # has no bias): one call of w_f on the L + L_k columns [theta_i; 0] and [0; phi_j].
+        length, d = theta.shape[1], theta.shape[2]
+        columns = torch.cat([F.pad(theta, (0, d)), F.pad(phi, (d, 0))], 1)  # (N, L + L_k, 2d)
+        scores = self.concat_project(columns.transpose(1, 2)[..., None]).flatten(1)
+        score_q, score_k = scores.split([length, num_keys], 1)
+        return F.relu(score_q[:, :, None] + score_k[:, None]) / num_keys
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'centre_query' and 'mean_over_queries' (N, H_k, W_k): the pairwise weights of the
+        centre query and their mean over the queries (a softmax in the (embedded) Gaussian
+        modes; the forward computes it inside ``scaled_dot_product_attention``)."""
+        h, w = x.shape[2:]
+        theta, phi, _ = self.embed(x)
+        keys = ((h + 1) // 2, (w + 1) // 2) if self.sub_sample else (h, w)
+        what = 'softmax' if self.mode in ('embedded_gaussian', 'gaussian') else 'pairwise weight'
+        return query_weight_maps(self.pairwise_weights(theta, phi), (h, w), keys, what)
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
