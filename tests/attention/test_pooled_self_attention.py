@@ -1,4 +1,4 @@
-"""PooledSelfAttention: any H, W, identity at init, formula, params, arguments."""
+"""PooledSelfAttention: any H, W, identity at init, formula, params, arguments, maps."""
 import functools
 import math
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cvattn_mm.attention.spatial.pooled_self_attention import PooledSelfAttention
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -134,3 +135,34 @@ def test_checkpoint_is_not_overwritten_by_zero_init(tmp_path):
     module = PooledSelfAttention(16, init_cfg=dict(type='Pretrained', checkpoint=path))
     module.init_weights()
     assert module.gamma.item() == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(ds=1), dict(ds=3)], ids=str)
+def test_maps_rebuild_the_forward(kwargs):
+    """The output from the softmax weights that the maps show, and the values."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(PooledSelfAttention(32, **kwargs), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    n, c, h, w = x.shape
+    with torch.no_grad():
+        expected = module(x)
+        maps = extract_maps(module, x)
+        p = module.pool(x)
+        ph, pw = p.shape[2:]
+        q, k, v = module.queries_keys_values(p)
+        attn = torch.bmm(q, k.transpose(1, 2)).mul(module.key_channels**-0.5).softmax(-1)
+        assert torch.equal(maps['mean_over_queries'].values.flatten(1), attn.mean(1))
+        o = (module.gamma * torch.bmm(attn, v)).transpose(1, 2).reshape(n, c, ph, pw)
+        o = o.repeat_interleave(module.ds, 2).repeat_interleave(module.ds, 3)[:, :, :h, :w]
+        rebuilt = x + o
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'{kwargs}: {err:.3g}'
+    assert maps
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyPooledSA', (PooledSelfAttention,), {'_abbr_': 'my_pooled_sa'})
+    with pytest.raises(ValueError, match='MyPooledSA.*ds'):
+        sub(16, ds=0)
+    with pytest.raises(ValueError, match='MyPooledSA.*reduction'):
+        sub(16, reduction=0)

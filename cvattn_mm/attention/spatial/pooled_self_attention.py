@@ -1,4 +1,6 @@
 """Pooled self-attention (the basic attention module of STANet)."""
+from typing import Dict, Tuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -6,6 +8,7 @@ import torch.nn.functional as F
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_int, reduced_channels
+from ..maps import AttentionMap, query_weight_maps
 
 
 @register_model()
@@ -51,10 +54,10 @@ class PooledSelfAttention(AttentionModule):
                  min_channels: int = 1,
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        self.ds = check_int('PooledSelfAttention', 'ds', ds, 1)
+        owner = type(self).__name__
+        self.ds = check_int(owner, 'ds', ds, 1)
         self.reduction = reduction
-        self.key_channels = reduced_channels('PooledSelfAttention', in_channels, reduction,
-                                             min_channels)
+        self.key_channels = reduced_channels(owner, in_channels, reduction, min_channels)
         self.qkv = nn.Conv2d(in_channels, 2 * self.key_channels + in_channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
@@ -64,17 +67,38 @@ class PooledSelfAttention(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         n, c, h, w = x.shape
-        ds, d = self.ds, self.key_channels
-        p = x if ds == 1 else F.avg_pool2d(x, ds, ds, ceil_mode=True, count_include_pad=False)
+        ds = self.ds
+        p = self.pool(x)
         ph, pw = p.shape[-2:]
-        qkv = self.qkv(p).flatten(2).transpose(1, 2).unsqueeze(1)  # (N, 1, L, 2d + C) view
-        q, k, v = qkv.split([d, d, c], dim=-1)
+        q, k, v = (t.unsqueeze(1) for t in self.queries_keys_values(p))  # (N, 1, L, .)
         o = F.scaled_dot_product_attention(q, k, v)  # one head, scale 1 / sqrt(d)
         o = (self.gamma.to(o.dtype) * o.squeeze(1)).transpose(1, 2).reshape(n, c, ph, pw)
         if ds > 1:  # nearest upsampling by ds (faster than F.interpolate), cropped to H x W
             o = o[:, :, :, None, :, None].expand(n, c, ph, ds, pw, ds)
             o = o.reshape(n, c, ph * ds, pw * ds)[:, :, :h, :w]
         return x + o
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Average pooling by ``ds`` (ceil mode): (N, C, H, W) -> (N, C, H_p, W_p)."""
+        if self.ds == 1:
+            return x
+        return F.avg_pool2d(x, self.ds, self.ds, ceil_mode=True, count_include_pad=False)
+
+    def queries_keys_values(self, p: torch.Tensor
+                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys (N, L, d) and values (N, L, C) of the pooled map ``p`` (views of
+        one ``qkv`` output, L = H_p W_p)."""
+        d = self.key_channels
+        return self.qkv(p).flatten(2).transpose(1, 2).split([d, d, p.shape[1]], dim=-1)
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'centre_query' and 'mean_over_queries' (N, H_p, W_p): the softmax over the pooled
+        positions of the centre query and its mean over the queries. The forward computes
+        the same weights inside ``scaled_dot_product_attention``."""
+        p = self.pool(x)
+        q, k, _ = self.queries_keys_values(p)
+        attn = torch.bmm(q, k.transpose(1, 2)).mul(self.key_channels**-0.5).softmax(-1)
+        return query_weight_maps(attn, p.shape[2:], p.shape[2:], 'softmax')
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, ds={self.ds}, '
