@@ -1,4 +1,5 @@
-"""SK: variants through the contract, the selection against a direct computation, params."""
+"""SK: variants through the contract, the selection against a direct computation, params,
+maps."""
 import functools
 
 import pytest
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 from cvattn_mm.attention.branch.sk import SK
 from cvattn_mm.registry import MODELS
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -153,3 +155,31 @@ def test_invalid_arguments(kwargs, arg):
     with pytest.raises(ValueError) as info:
         SK(**kwargs)
     assert 'SK' in str(info.value) and arg in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(num_branches=3)], ids=str)
+def test_maps_rebuild_the_forward(kwargs):
+    """The output from the branch weights that the maps show, and the branches."""
+    torch.manual_seed(0)
+    m = contract.perturb_parameters(SK(32, groups=4, min_channels=4, **kwargs), 0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = m(x)
+        maps = extract_maps(m, x)
+        feats = m.branch_outputs(x)
+        weights = m.selection(sum(f.mean((2, 3), keepdim=True) for f in feats)).flatten(2)
+        assert torch.allclose(weights.sum(1), torch.ones(weights.shape[::2]), atol=1e-5)
+        for i in range(m.num_branches):
+            assert torch.equal(maps[f'branch_{i + 1}'].values, weights[:, i])
+        rebuilt = sum(weights[:, i, :, None, None] * f for i, f in enumerate(feats))
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'{kwargs}: {err:.3g}'
+    assert maps
+
+
+def test_errors_name_the_subclass():
+    sub = type('MySK', (SK,), {'_abbr_': 'my_sk'})
+    with pytest.raises(ValueError, match='MySK.*num_branches'):
+        sub(64, num_branches=1)
+    with pytest.raises(ValueError, match='MySK: stride.*MySK keeps'):
+        sub(64, stride=2)

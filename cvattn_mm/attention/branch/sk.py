@@ -1,4 +1,6 @@
 """Selective Kernel unit (SK)."""
+from typing import Dict, List
+
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
@@ -7,8 +9,9 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_divisible, check_int, reduced_channels
 from ..gating import selective_sum
+from ..maps import AttentionMap
 from ..norm import norm_any_batch
-from ..pointwise import pointwise
+from ..pointwise import PointwiseConv2d
 
 
 @register_model()
@@ -19,7 +22,8 @@ class SK(AttentionModule):
     and padding i (i = 1..M; dilation 2 stands in for the paper's 5x5 kernel);
     ``s = GAP(sum_i F_i)``; ``z = ReLU(BN(W_z s))``, ``W_z: C -> d``, ``d = max(C // r, L)``;
     ``a = softmax over i of (W_i z)`` per channel (``W_i: d -> C``, one batched 1x1 conv
-    ``d -> M C``); ``y = sum_i a_i * F_i``.
+    ``d -> M C``; both FCs are :class:`~cvattn_mm.attention.pointwise.PointwiseConv2d`, matrix
+    products on the pooled vectors); ``y = sum_i a_i * F_i``.
     Parameters: ``M (9 C^2 / G + 2C) + C d + 2d + M C d`` (bias-free convs, affine BNs).
 
     Deviations:
@@ -35,7 +39,10 @@ class SK(AttentionModule):
       the pooling and the weighted sum accumulate over the M branch outputs (``addcmul``):
       stacking them for one batched product would copy M full maps and keep the copy for
       backward (+40% saved activations at M = 2). The fuse-and-select backward is
-      hand-written (:func:`~cvattn_mm.attention.gating.selective_sum`).
+      hand-written (:func:`~cvattn_mm.attention.gating.selective_sum`) and not twice
+      differentiable; ``CVATTN_FAST_BACKWARD=0`` or
+      :func:`cvattn_mm.attention.fast_backward.set_fast_backward` ``(False)`` runs plain
+      autograd instead.
 
     Args:
         in_channels (int): Channels C (input and output); divisible by ``groups``.
@@ -68,13 +75,13 @@ class SK(AttentionModule):
                  act_cfg: dict = dict(type='ReLU', inplace=True),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        name = 'SK'
+        name = type(self).__name__
         self.num_branches = check_int(name, 'num_branches', num_branches, 2)
         self.groups = check_int(name, 'groups', groups, 1)
         check_divisible(name, 'in_channels', in_channels, groups, 'groups')
         if stride != 1:
-            raise ValueError(f'{name}: stride must be 1, got {stride!r}: as a plug-in, SK keeps '
-                             'the input shape (in == out channels, same H and W)')
+            raise ValueError(f'{name}: stride must be 1, got {stride!r}: as a plug-in, {name} '
+                             'keeps the input shape (in == out channels, same H and W)')
         self.hidden = reduced_channels(name, in_channels, reduction, min_channels)
         self.reduction = reduction
         self.branches = nn.ModuleList(
@@ -84,24 +91,34 @@ class SK(AttentionModule):
                 build_norm_layer(norm_cfg, in_channels)[1],
                 build_activation_layer(act_cfg))
             for dilation in range(1, num_branches + 1))
-        self.fc_reduce = nn.Conv2d(in_channels, self.hidden, 1, bias=False)
+        self.fc_reduce = PointwiseConv2d(in_channels, self.hidden, bias=False)
         self.fc_norm = build_norm_layer(norm_cfg, self.hidden)[1]
         self.fc_act = build_activation_layer(act_cfg)
-        self.fc_select = nn.Conv2d(self.hidden, num_branches * in_channels, 1, bias=False)
+        self.fc_select = PointwiseConv2d(self.hidden, num_branches * in_channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        feats = [branch(x) for branch in self.branches]  # M x (N, C, H, W)
         select = (self.fc_reduce, self.fc_norm, self.fc_act, self.fc_select)
-        return selective_sum(feats, self.selection, select)
+        return selective_sum(self.branch_outputs(x), self.selection, select)
+
+    def branch_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The M branch outputs ``F_i`` (N, C, H, W) of ``x``."""
+        return [branch(x) for branch in self.branches]
 
     def selection(self, s: torch.Tensor) -> torch.Tensor:
         """The weights ``a`` (N, M, C, 1, 1), a softmax over the M branches, of the means ``s``
         (N, C, 1, 1) of the branch sum."""
-        z = pointwise(self.fc_reduce, s.flatten(1))[:, :, None, None]
-        z = self.fc_act(norm_any_batch(self.fc_norm, z))
-        logits = pointwise(self.fc_select, z.flatten(1))
+        z = self.fc_act(norm_any_batch(self.fc_norm, self.fc_reduce(s)))
+        logits = self.fc_select(z)
         return logits.reshape(s.shape[0], self.num_branches, -1, 1, 1).softmax(1)
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'branch_i' (i = 1..M): the selection weights (N, C) of branch i."""
+        s = sum(f.mean((2, 3), keepdim=True) for f in self.branch_outputs(x))
+        weights = self.selection(s).flatten(2)  # (N, M, C)
+        return {f'branch_{i + 1}': AttentionMap('channel', weights[:, i],
+                                                f'branch {i + 1} (dilation {i + 1}) weight')
+                for i in range(self.num_branches)}
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, num_branches={self.num_branches}, '
