@@ -1,10 +1,11 @@
-"""ExternalAttention: double normalisation, tied memories, formula, params."""
+"""ExternalAttention: double normalisation, tied memories, formula, params, maps."""
 import functools
 
 import pytest
 import torch
 
 from cvattn_mm.attention.spatial.external_attention import ExternalAttention
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -122,3 +123,27 @@ def test_compile_and_onnx_variants(kwargs, tmp_path):
     factory = functools.partial(ExternalAttention, 16, **kwargs)
     contract.check_torch_compile(factory)
     contract.check_onnx(factory, tmp_path)
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(norm_cfg=None)], ids=str)
+def test_maps_rebuild_the_forward(kwargs):
+    """The output from the softmax over positions that the map averages."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(ExternalAttention(32, **kwargs), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        maps = extract_maps(module, x)
+        a = module.position_softmax(x)  # (N, S, HW)
+        assert torch.equal(maps['memory_attention'].values.flatten(1), a.mean(1))
+        y = module.conv2(module.memory_value(a / (1e-9 + a.sum(1, keepdim=True))).view(x.shape))
+        rebuilt = (x + (y if module.norm is None else module.norm(y))).relu()
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'{kwargs}: {err:.3g}'
+    assert maps
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyEA', (ExternalAttention,), {'_abbr_': 'my_ea'})
+    with pytest.raises(ValueError, match='MyEA.*memory_size'):
+        sub(16, memory_size=0)

@@ -1,5 +1,6 @@
 """External attention (the 2-D block of EANet)."""
 import math
+from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -8,6 +9,7 @@ from mmcv.cnn import build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_int
+from ..maps import AttentionMap, weights_map
 
 
 @register_model()
@@ -55,7 +57,7 @@ class ExternalAttention(AttentionModule):
                  norm_cfg: dict | None = dict(type='BN'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        self.memory_size = check_int('ExternalAttention', 'memory_size', memory_size, 1)
+        self.memory_size = check_int(type(self).__name__, 'memory_size', memory_size, 1)
         self.conv1 = nn.Conv2d(in_channels, in_channels, 1)
         self.memory_key = nn.Conv1d(in_channels, memory_size, 1, bias=False)
         self.memory_value = nn.Conv1d(memory_size, in_channels, 1, bias=False)
@@ -79,15 +81,26 @@ class ExternalAttention(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        n, c, h, w = x.shape
-        u = self.conv1(x).reshape(n, c, h * w)
-        attn = self.memory_key(u).float().softmax(dim=-1)  # (N, S, HW), over positions
+        attn = self.position_softmax(x)
         attn = attn / (1e-9 + attn.sum(dim=1, keepdim=True))  # over memory slots
-        y = self.memory_value(attn.to(u.dtype))
-        y = self.conv2(y.view(n, c, h, w))
+        y = self.memory_value(attn.to(x.dtype))
+        y = self.conv2(y.view(x.shape))
         if self.norm is not None:
             y = self.norm(y)
         return (x + y).relu()
+
+    def position_softmax(self, x: torch.Tensor) -> torch.Tensor:
+        """The memory attention ``softmax over positions of M_k conv1(x)`` (N, S, H W), before
+        the normalisation over the memory slots."""
+        n, c, h, w = x.shape
+        u = self.conv1(x).reshape(n, c, h * w)
+        return self.memory_key(u).float().softmax(dim=-1)
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'memory_attention' (N, H, W): the softmax over positions, mean over memory slots."""
+        return {'memory_attention': weights_map(self.position_softmax(x).mean(1), x.shape[2:],
+                                                'softmax over positions, mean over memory '
+                                                'slots')}
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, memory_size={self.memory_size}'
