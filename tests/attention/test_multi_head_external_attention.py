@@ -1,10 +1,11 @@
-"""MultiHeadExternalAttention: token and NCHW forms, formula, params, arguments."""
+"""MultiHeadExternalAttention: token and NCHW forms, formula, params, arguments, maps."""
 import functools
 
 import pytest
 import torch
 
 from cvattn_mm.attention.spatial.multi_head_external_attention import MultiHeadExternalAttention
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -16,10 +17,26 @@ VARIANTS = [
 ]
 
 
+def same_dropout_masks(factory):
+    """Modules that reseed the RNG before each forward, so that two training runs draw the
+    same dropout masks (check_fast_backward_matches_autograd compares two runs)."""
+    def reseed(module, args):
+        torch.manual_seed(0)
+
+    def build():
+        module = factory()
+        module.register_forward_pre_hook(reseed)
+        return module
+    return build
+
+
 @pytest.mark.parametrize('kwargs', VARIANTS, ids=str)
 def test_contract_variants(kwargs):
     torch.manual_seed(0)
-    contract.run_contract(functools.partial(MultiHeadExternalAttention, 16, **kwargs))
+    factory = functools.partial(MultiHeadExternalAttention, 16, **kwargs)
+    if kwargs.get('attn_drop') or kwargs.get('proj_drop'):
+        factory = same_dropout_masks(factory)
+    contract.run_contract(factory)
 
 
 def reference_tokens(module, x):
@@ -118,3 +135,51 @@ def test_compile_and_onnx_variants(kwargs, tmp_path):
     factory = functools.partial(MultiHeadExternalAttention, 16, **kwargs)
     contract.check_torch_compile(factory)
     contract.check_onnx(factory, tmp_path)
+
+
+def test_maps_rebuild_the_forward():
+    """The output from the softmax over positions that the map averages."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(MultiHeadExternalAttention(32), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        maps = extract_maps(module, x)
+        tokens = x.flatten(2).transpose(1, 2)
+        a = MultiHeadExternalAttention._softmax(module.memory_logits(tokens), 1)  # (N, L, H', S)
+        assert torch.equal(maps['memory_attention'].values.flatten(1), a.mean((2, 3)))
+        y = module.memory_value(a / (1e-9 + a.sum(-1, keepdim=True))).flatten(2)
+        rebuilt = module.proj(y).transpose(1, 2).reshape(x.shape)
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'{err:.3g}'
+    assert maps
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'tokens'])
+def test_plain_linear_layers_compute_the_same(layout):
+    """A tool that swaps the layer types for plain nn.Linear gets the same block, for maps in
+    either memory format and for tokens."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(MultiHeadExternalAttention(16, num_heads=4)).eval()
+    x = torch.randn(2, 16, 5, 6)
+    run = module.forward_tokens if layout == 'tokens' else module
+    if layout == 'tokens':
+        x = x.flatten(2).transpose(1, 2).contiguous()
+    elif layout == 'channels_last':
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = run(x)
+        for name in ('trans_dims', 'memory_key', 'memory_value', 'proj'):
+            layer = getattr(module, name)
+            plain = torch.nn.Linear(layer.in_features, layer.out_features)
+            plain.load_state_dict(layer.state_dict())
+            setattr(module, name, plain)
+        contract.assert_close_rel(run(x), expected, 1e-5, 'plain nn.Linear')
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyMHEA', (MultiHeadExternalAttention,), {'_abbr_': 'my_mhea'})
+    with pytest.raises(ValueError, match='MyMHEA.*coef'):
+        sub(16, coef=0)
+    with pytest.raises(ValueError, match=r'MyMHEA.forward_tokens'):
+        sub(16).forward_tokens(torch.randn(2, 3, 8))

@@ -1,4 +1,5 @@
 """Multi-head external attention (the token form of EANet, for transformer blocks)."""
+from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -7,6 +8,44 @@ import torch.nn.functional as F
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_divisible, check_int, check_positive_float
+from ..maps import AttentionMap, weights_map
+
+
+class LayoutLinear(nn.Linear):
+    """An ``nn.Linear`` computed in the memory layout of its input.
+
+    It takes ``(..., in_features)`` and returns ``(..., out_features)`` with the values of
+    ``nn.Linear`` (same state-dict keys, hooks, FLOP counting). When the feature axis of the
+    input is not its innermost axis in memory (the (B, L, C) transposed view of a
+    channel-first (B, C, L) map, or a head split of it), the product runs as one batched
+    ``W @ X`` over the memory order, without copying the input, and the output has the
+    input's layout: a chain of such layers on a channel-first map never transposes it, and
+    reductions over the positions read them contiguously.
+
+    Args:
+        in_features (int): Input width.
+        out_features (int): Output width.
+        bias (bool): Whether to add a learnable bias.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.stride(-1) == 1:
+            return F.linear(x, self.weight, self.bias)
+        order = sorted(range(x.dim()), key=x.stride, reverse=True)  # outermost axis first
+        dense = x.permute(order)
+        if not dense.is_contiguous():  # overlapping or gapped strides: no matrix view
+            return F.linear(x, self.weight, self.bias)
+        axis = order.index(x.dim() - 1)
+        outer, inner = dense.shape[:axis], dense.shape[axis + 1:]
+        batch, rest = outer.numel(), inner.numel()
+        mats = dense.reshape(batch, self.in_features, rest)
+        weight = self.weight.expand(batch, -1, -1)
+        if self.bias is None:
+            out = torch.bmm(weight, mats)
+        else:
+            out = torch.baddbmm(self.bias[:, None], weight, mats)
+        out = out.view(*outer, self.out_features, *inner)
+        return out.permute([order.index(i) for i in range(x.dim())])
 
 
 @register_model()
@@ -21,9 +60,11 @@ class MultiHeadExternalAttention(AttentionModule):
     (``M_v``: d x S); the heads are concatenated and projected back ``a C -> C``.
     Parameters: ``2 a C^2 + a C + C + 2 S d + S + d``.
 
-    ``forward`` takes NCHW and runs the same math in channel-first layout (1x1 convs over the
-    linear weights, no transposes); ``forward_tokens`` takes (B, L, C) tokens. Both return the
-    attention output only: no hidden residual (the transformer block adds its own).
+    ``forward_tokens`` takes (B, L, C) tokens; ``forward`` takes NCHW and runs the token form
+    on the (N, H W, C) view of the map: its linear layers are :class:`LayoutLinear`, so the
+    map stays channel-first throughout (no transposed copy; the softmax over positions reads
+    them contiguously). Both return the attention output only: no hidden residual (the
+    transformer block adds its own).
     The normalisations run in fp32 under autocast (``1e-9`` underflows in fp16).
 
     Deviations: none (``attn_drop``/``proj_drop`` as the official code; ``memory_size``
@@ -57,7 +98,7 @@ class MultiHeadExternalAttention(AttentionModule):
                  proj_drop: float = 0.,
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        owner = 'MultiHeadExternalAttention'
+        owner = type(self).__name__
         self.num_heads = check_int(owner, 'num_heads', num_heads, 1)
         check_divisible(owner, 'in_channels', in_channels, num_heads, 'num_heads')
         self.coef = check_int(owner, 'coef', coef, 1)
@@ -69,17 +110,27 @@ class MultiHeadExternalAttention(AttentionModule):
                 raise ValueError(f'{owner}: {name} must be < 1, got {p}')
         self.head_dim = in_channels // num_heads
         self.total_heads = num_heads * coef
-        self.trans_dims = nn.Linear(in_channels, in_channels * coef)
-        self.memory_key = nn.Linear(self.head_dim, self.memory_size)
-        self.memory_value = nn.Linear(self.memory_size, self.head_dim)
+        self.trans_dims = LayoutLinear(in_channels, in_channels * coef)
+        self.memory_key = LayoutLinear(self.head_dim, self.memory_size)
+        self.memory_value = LayoutLinear(self.memory_size, self.head_dim)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(in_channels * coef, in_channels)
+        self.proj = LayoutLinear(in_channels * coef, in_channels)
         self.proj_drop = nn.Dropout(proj_drop)
 
     @staticmethod
-    def _normalise(attn: torch.Tensor, pos_dim: int, slot_dim: int) -> torch.Tensor:
+    def _softmax(logits: torch.Tensor, pos_dim: int) -> torch.Tensor:
+        """Softmax over the positions, in fp32, computed where they are innermost in memory
+        (the channel-first layout of ``forward``) so that it reads them contiguously."""
+        logits = logits.float()
+        last = logits.dim() - 1  # non-negative axes: the ONNX exporter's permutations need them
+        if logits.stride(pos_dim) == 1 and logits.stride(last) != 1:
+            return logits.movedim(pos_dim, last).softmax(last).movedim(last, pos_dim)
+        return logits.softmax(pos_dim)
+
+    @classmethod
+    def _normalise(cls, attn: torch.Tensor, pos_dim: int, slot_dim: int) -> torch.Tensor:
         """Double normalisation: softmax over positions, then l1 over memory slots."""
-        attn = attn.float().softmax(dim=pos_dim)
+        attn = cls._softmax(attn, pos_dim)
         norm = attn.sum(dim=slot_dim, keepdim=True).add_(1e-9)
         # In place without autograd (the softmax's backward needs its output).
         return attn / norm if torch.is_grad_enabled() else attn.div_(norm)
@@ -87,36 +138,33 @@ class MultiHeadExternalAttention(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         n, c, h, w = x.shape
-        e = F.conv2d(x, self.trans_dims.weight[:, :, None, None], self.trans_dims.bias)
-        e = e.reshape(n * self.total_heads, self.head_dim, h * w)
-        # The memory units as one weight matrix for all heads: (S, d) @ (N H', d, L) (a
-        # batched matmul about 2x faster on CPU than the equivalent 1x1 conv1d).
-        attn = _affine(self.memory_key, e)
-        attn = self.attn_drop(self._normalise(attn, -1, 1).to(e.dtype))  # (N H', S, L)
-        y = _affine(self.memory_value, attn).view(n, self.coef * c, h, w)
-        y = F.conv2d(y, self.proj.weight[:, :, None, None], self.proj.bias)
-        return self.proj_drop(y)
+        y = self.forward_tokens(x.flatten(2).transpose(1, 2))  # (N, L, C) views
+        return y.transpose(1, 2).unflatten(2, (h, w))
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The token form: (B, L, C) -> (B, L, C)."""
         if x.dim() != 3 or x.shape[-1] != self.in_channels:
-            raise ValueError(f'MultiHeadExternalAttention.forward_tokens expects (B, L, C) '
+            raise ValueError(f'{type(self).__name__}.forward_tokens expects (B, L, C) '
                              f'tokens with C={self.in_channels}, got shape {tuple(x.shape)}')
-        b, length, c = x.shape
-        e = self.trans_dims(x).view(b, length, self.total_heads, self.head_dim)
-        attn = self.memory_key(e)  # (B, L, H', S)
-        attn = self.attn_drop(self._normalise(attn, 1, -1).to(e.dtype))
-        y = self.memory_value(attn).reshape(b, length, self.coef * c)
+        logits = self.memory_logits(x)
+        attn = self.attn_drop(self._normalise(logits, 1, -1).to(logits.dtype))
+        y = self.memory_value(attn).flatten(2)  # (B, L, a C)
         return self.proj_drop(self.proj(y))
+
+    def memory_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits ``M_k e + b_k`` (B, L, H', S) of the tokens ``x`` (B, L, C): per head,
+        over the S memory slots."""
+        e = self.trans_dims(x).unflatten(-1, (self.total_heads, self.head_dim))
+        return self.memory_key(e)
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'memory_attention' (N, H, W): the softmax over positions, mean over heads and
+        slots."""
+        attn = self._softmax(self.memory_logits(x.flatten(2).transpose(1, 2)), 1)
+        return {'memory_attention': weights_map(
+            attn.mean((2, 3)), x.shape[2:], 'softmax over positions, mean over heads and slots')}
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, num_heads={self.num_heads}, '
                 f'coef={self.coef}, memory_size={self.memory_size}')
 
-
-def _affine(linear: nn.Linear, t: torch.Tensor) -> torch.Tensor:
-    """``linear`` over the middle axis of ``t`` (B, in, L) -> (B, out, L). The weight is
-    expanded to a batch: ``matmul`` would fold a 2-D @ 3-D product into one matrix product
-    of transposes, copying ``t`` and returning a transposed result."""
-    out = torch.matmul(linear.weight.expand(t.shape[0], -1, -1), t)
-    return out if linear.bias is None else out + linear.bias[:, None]
