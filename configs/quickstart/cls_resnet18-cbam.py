@@ -1,5 +1,6 @@
 # Quickstart, classification: cls_resnet18.py with CBAM on every residual branch, after its
-# last norm (the CBAM paper's position).
+# last norm (the CBAM paper's position). Data: `python tools/generate_data.py --quickstart
+# classification` (see cls_resnet18.py).
 _base_ = ['./cls_resnet18.py']
 model = dict(backbone=dict(insertions=[dict(attention=dict(type='CBAM'), at='paper')]))
 # Measured on this schedule (from scratch, 500 AdamW steps; learning the marker cue is a

@@ -1,8 +1,10 @@
 # Quickstart, classification: ResNet-18 (mmpretrain's model, from scratch) on the generated
 # 64x64 marker data set (4 classes: the object's shape and the colour of a small marker in a
 # corner). The backbone is wrapped by InsertAttention with no insertion: the baseline.
-# `python tools/quickstart.py` generates the data into data_root and trains this config and
-# cls_resnet18-cbam.py; tools/train.py works on it once the data exists.
+# Data: `python tools/generate_data.py --quickstart classification` writes it into data_root
+# (800 + 200 images of 64x64, QUICKSTART_DATA in cvattn_mm/datasets/quickstart.py);
+# `python tools/quickstart.py` also generates it, then trains this config and
+# cls_resnet18-cbam.py. tools/train.py works on it once the data exists.
 _base_ = [
     'mmpretrain::_base_/models/resnet18.py', 'mmpretrain::_base_/default_runtime.py'
 ]

@@ -1,8 +1,10 @@
 # Quickstart, detection: RetinaNet R-18-FPN (mmdet's model, from scratch, slimmer neck and
 # head) on the generated 128x128 band scenes (2 classes: an object's class is the kind of band
 # it lies on, hatched or plain, so only its surroundings tell). The backbone is wrapped by
-# InsertAttention with no insertion: the baseline. `python tools/quickstart.py --task detection`
-# generates the data into data_root and trains this config and det_retinanet_r18-gc.py.
+# InsertAttention with no insertion: the baseline. Data: `python tools/generate_data.py
+# --quickstart detection` writes it into data_root (400 + 100 images of 128x128,
+# QUICKSTART_DATA in cvattn_mm/datasets/quickstart.py); `python tools/quickstart.py --task
+# detection` also generates it, then trains this config and det_retinanet_r18-gc.py.
 _base_ = ['mmdet::retinanet/retinanet_r18_fpn_1x_coco.py']
 custom_imports = dict(imports=['cvattn_mm'], allow_failed_imports=False)
 

@@ -1,9 +1,10 @@
 # Quickstart, segmentation: PSPNet R-18-D8 (mmseg's model, from scratch) on the generated
 # 128x128 band scenes (background and 2 object classes: an object's class is the kind of band
 # it lies on, hatched or plain, so only its surroundings tell). The backbone is wrapped by
-# InsertAttention with no insertion: the baseline. `python tools/quickstart.py --task
-# segmentation` generates the data into data_root and trains this config and
-# seg_pspnet_r18-cbam.py.
+# InsertAttention with no insertion: the baseline. Data: `python tools/generate_data.py
+# --quickstart segmentation` writes it into data_root (400 + 100 images of 128x128,
+# QUICKSTART_DATA in cvattn_mm/datasets/quickstart.py); `python tools/quickstart.py --task
+# segmentation` also generates it, then trains this config and seg_pspnet_r18-cbam.py.
 _base_ = ['mmseg::pspnet/pspnet_r18-d8_4xb2-80k_cityscapes-512x1024.py']
 custom_imports = dict(imports=['cvattn_mm'], allow_failed_imports=False)
 
