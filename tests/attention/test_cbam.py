@@ -1,4 +1,5 @@
-"""CBAM: the defining equation, the shared MLP, the spatial gate, parameters, arguments."""
+"""CBAM: the defining equation, the shared MLP, the spatial gate, its maps, parameters,
+arguments."""
 import functools
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cvattn_mm.attention.channel_spatial.cbam import CBAM
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -100,6 +102,54 @@ def test_spatial_gate_keeps_size(kernel_size, size):
     assert module.spatial_conv.padding == ((kernel_size - 1) // 2, ) * 2
 
 
+def gates(module, x):
+    """The gates of the forward, from the module's gate methods: ``y = x * channel *
+    spatial``, the spatial gate computed on ``x * channel`` (each present when used)."""
+    result = {}
+    if module.use_channel:
+        result['channel'] = module.channel_gate(x.mean((2, 3), keepdim=True),
+                                                x.amax((2, 3), keepdim=True))
+        x = x * result['channel']
+    if module.use_spatial:
+        result['spatial'] = module.spatial_gate(x.amax(1, keepdim=True), x.mean(1, keepdim=True))
+    return result
+
+
+def build_for_maps(**kwargs):
+    torch.manual_seed(0)
+    return contract.perturb_parameters(CBAM(32, **kwargs), scale=0.5).eval()
+
+
+def map_input(size=(8, 10)):
+    return torch.randn(2, 32, *size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(use_channel=False), dict(use_spatial=False)],
+                         ids=str)
+def test_gates_rebuild_the_forward(kwargs):
+    module = build_for_maps(**kwargs)
+    x = map_input(size=(7, 10))
+    with torch.no_grad():
+        expected = module(x)
+        rebuilt = x
+        for gate in gates(module, x).values():
+            rebuilt = rebuilt * gate
+        maps = extract_maps(module, x)
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'CBAM {kwargs}: {err:.3g}'
+    assert maps
+
+
+def test_channel_and_spatial_maps_match_the_gates():
+    module = build_for_maps()
+    x = map_input()
+    maps = extract_maps(module, x)
+    with torch.no_grad():
+        g = gates(module, x)
+    assert torch.equal(maps['channel_gate'].values, g['channel'].flatten(1))
+    assert torch.equal(maps['spatial_gate'].values, g['spatial'][:, 0])
+
+
 def test_no_residual():
     """Both gates are in (0, 1): every output is strictly smaller than its input."""
     module = contract.perturb_parameters(CBAM(16, reduction=4), scale=1.0).eval()
@@ -169,3 +219,11 @@ def test_parameter_count_resnet50_matches_paper():
 def test_invalid_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=rf'CBAM.*{argument}'):
         CBAM(**kwargs)
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyCBAM', (CBAM, ), {'_abbr_': 'my_cbam'})
+    with pytest.raises(ValueError, match='MyCBAM.*kernel_size'):
+        sub(16, kernel_size=4)
+    with pytest.raises(ValueError, match='MyCBAM.*use_spatial'):
+        sub(16, use_channel=False, use_spatial=False)

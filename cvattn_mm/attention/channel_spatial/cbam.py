@@ -1,4 +1,6 @@
 """Convolutional Block Attention Module."""
+from typing import Dict
+
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
@@ -7,8 +9,9 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_odd, reduced_channels
 from ..gating import pooled_gate
+from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
-from ..pointwise import pointwise
+from ..pointwise import PointwiseConv2d
 
 
 @register_model()
@@ -32,7 +35,10 @@ class CBAM(AttentionModule):
     statistics instead of raising. The backward is hand-written
     (:func:`~cvattn_mm.attention.gating.pooled_gate`); the gradient of a max pool goes to one
     maximal element, as with the official code's ``max_pool2d`` and ``torch.max``
-    (autograd's ``amax`` would split it between ties).
+    (autograd's ``amax`` would split it between ties), and it is not twice differentiable.
+    ``CVATTN_FAST_BACKWARD=0`` or
+    :func:`cvattn_mm.attention.fast_backward.set_fast_backward` ``(False)`` runs plain
+    autograd instead.
 
     Args:
         in_channels (int): Channels C.
@@ -67,18 +73,19 @@ class CBAM(AttentionModule):
                  act_cfg: dict = dict(type='ReLU'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        self.use_channel = check_choice('CBAM', 'use_channel', use_channel, (True, False))
-        self.use_spatial = check_choice('CBAM', 'use_spatial', use_spatial, (True, False))
+        owner = type(self).__name__
+        self.use_channel = check_choice(owner, 'use_channel', use_channel, (True, False))
+        self.use_spatial = check_choice(owner, 'use_spatial', use_spatial, (True, False))
         if not (use_channel or use_spatial):
-            raise ValueError('CBAM: use_channel and use_spatial are both False; '
+            raise ValueError(f'{owner}: use_channel and use_spatial are both False; '
                              'at least one gate must be used')
         self.reduction = reduction
-        self.kernel_size = check_odd('CBAM', 'kernel_size', kernel_size)
+        self.kernel_size = check_odd(owner, 'kernel_size', kernel_size)
         if use_channel:
-            hidden = reduced_channels('CBAM', in_channels, reduction, min_channels)
-            self.fc1 = nn.Conv2d(in_channels, hidden, 1)
+            hidden = reduced_channels(owner, in_channels, reduction, min_channels)
+            self.fc1 = PointwiseConv2d(in_channels, hidden)
             self.act = build_activation_layer(act_cfg)
-            self.fc2 = nn.Conv2d(hidden, in_channels, 1)
+            self.fc2 = PointwiseConv2d(hidden, in_channels)
         if use_spatial:
             self.spatial_conv = nn.Conv2d(
                 2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
@@ -102,16 +109,28 @@ class CBAM(AttentionModule):
 
     def channel_gate(self, avg: torch.Tensor, max_: torch.Tensor) -> torch.Tensor:
         """``M_c`` (N, C, 1, 1) of the average- and max-pooled (N, C, 1, 1) descriptors: the
-        shared MLP on both in one matrix product (:func:`~cvattn_mm.attention.pointwise.
-        pointwise`), summed."""
-        pooled = torch.stack((avg.flatten(1), max_.flatten(1)), 1)  # (N, 2, C)
-        logits = pointwise(self.fc2, self.act(pointwise(self.fc1, pooled))).sum(1)
-        return torch.sigmoid(logits)[:, :, None, None]
+        shared MLP on both as one batch of 2N vectors (one matrix product per layer), summed."""
+        n = avg.shape[0]
+        logits = self.fc2(self.act(self.fc1(torch.cat((avg, max_)))))  # (2N, C, 1, 1)
+        return torch.sigmoid(logits[:n] + logits[n:])
 
     def spatial_gate(self, max_: torch.Tensor, avg: torch.Tensor) -> torch.Tensor:
         """``M_s`` (N, 1, H, W) of the channel max and mean (N, 1, H, W)."""
         logits = self.spatial_conv(torch.cat([max_, avg], 1))
         return torch.sigmoid(norm_any_batch(self.spatial_norm, logits))
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'channel_gate' (N, C) and 'spatial_gate' (N, H, W), each present when its gate is
+        used; the spatial gate is computed on the channel-gated input, as in the forward."""
+        maps = {}
+        if self.use_channel:
+            gate = self.channel_gate(x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True))
+            maps['channel_gate'] = channel_map(gate, 'channel gate')
+            x = x * gate
+        if self.use_spatial:
+            gate = self.spatial_gate(x.amax(1, keepdim=True), x.mean(1, keepdim=True))
+            maps['spatial_gate'] = spatial_map(gate, x.shape, 'spatial gate')
+        return maps
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
