@@ -1,4 +1,5 @@
-"""BAM: every spatial size kept, both fusions, parameters, arguments, batch 1 in training."""
+"""BAM: every spatial size kept, both fusions, its maps, parameters, arguments, batch 1 in
+training."""
 import functools
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cvattn_mm.attention.channel_spatial.bam import BAM
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -92,6 +94,21 @@ def test_equation_against_direct_computation(fusion, size):
         assert ((ratio > 1) & (ratio < 2)).all()
 
 
+@pytest.mark.parametrize('kwargs', [{}, dict(fusion='mul')], ids=str)
+def test_gates_rebuild_the_forward(kwargs):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(BAM(32, **kwargs), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        mc, ms = module.branch_logits(x)
+        rebuilt = x * (1 + torch.sigmoid(mc + ms if module.fusion == 'add' else mc * ms))
+        maps = extract_maps(module, x)
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'BAM {kwargs}: {err:.3g}'
+    assert maps
+
+
 def test_fusions_differ():
     torch.manual_seed(0)
     add = contract.perturb_parameters(BAM(32, reduction=4), 0.3).eval()
@@ -171,3 +188,11 @@ def test_parameter_count_resnet50_matches_paper():
 def test_invalid_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=rf'BAM.*{argument}'):
         BAM(**kwargs)
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyBAM', (BAM, ), {'_abbr_': 'my_bam'})
+    with pytest.raises(ValueError, match='MyBAM.*fusion'):
+        sub(16, fusion='concat')
+    with pytest.raises(ValueError, match='MyBAM.*reduction'):
+        sub(16, reduction=17)

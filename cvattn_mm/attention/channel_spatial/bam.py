@@ -1,5 +1,5 @@
 """Bottleneck Attention Module."""
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -8,8 +8,9 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_int, reduced_channels
+from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
-from ..pointwise import pointwise
+from ..pointwise import PointwiseConv2d
 
 
 @register_model()
@@ -62,16 +63,17 @@ class BAM(AttentionModule):
                  act_cfg: dict = dict(type='ReLU'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        hidden = reduced_channels('BAM', in_channels, reduction, min_channels)
-        self.dilation = check_int('BAM', 'dilation', dilation, 1)
-        self.num_dilated = check_int('BAM', 'num_dilated', num_dilated, 0)
-        self.fusion = check_choice('BAM', 'fusion', fusion, ('add', 'mul'))
+        owner = type(self).__name__
+        hidden = reduced_channels(owner, in_channels, reduction, min_channels)
+        self.dilation = check_int(owner, 'dilation', dilation, 1)
+        self.num_dilated = check_int(owner, 'num_dilated', num_dilated, 0)
+        self.fusion = check_choice(owner, 'fusion', fusion, ('add', 'mul'))
         self.reduction = reduction
 
-        self.channel_fc1 = nn.Conv2d(in_channels, hidden, 1, bias=False)
+        self.channel_fc1 = PointwiseConv2d(in_channels, hidden, bias=False)
         self.channel_norm = build_norm_layer(norm_cfg, hidden)[1]
         self.channel_act = build_activation_layer(act_cfg)
-        self.channel_fc2 = nn.Conv2d(hidden, in_channels, 1)
+        self.channel_fc2 = PointwiseConv2d(hidden, in_channels)
 
         convs = [nn.Conv2d(in_channels, hidden, 1, bias=False)]
         convs += [
@@ -87,9 +89,9 @@ class BAM(AttentionModule):
 
     def branch_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The channel logits ``Mc`` (N, C, 1, 1) and the spatial logits ``Ms`` (N, 1, H, W)."""
-        mc = pointwise(self.channel_fc1, x.mean((2, 3)))[:, :, None, None]
-        mc = self.channel_act(norm_any_batch(self.channel_norm, mc))
-        mc = pointwise(self.channel_fc2, mc.flatten(1))[:, :, None, None]
+        mc = self.channel_act(norm_any_batch(self.channel_norm,
+                                             self.channel_fc1(x.mean((2, 3), keepdim=True))))
+        mc = self.channel_fc2(mc)
         ms = x
         # Sequential layers of one branch (not parallel branches): nothing to batch.
         for conv, norm, act in zip(self.spatial_convs, self.spatial_norms, self.spatial_acts,
@@ -97,11 +99,26 @@ class BAM(AttentionModule):
             ms = act(norm_any_batch(norm, conv(ms)))
         return mc, self.spatial_out(ms)
 
+    def fuse(self, mc: torch.Tensor, ms: torch.Tensor) -> torch.Tensor:
+        """The attention logits (N, C, H, W) of the branch logits: ``Mc + Ms`` or ``Mc * Ms``."""
+        return mc + ms if self.fusion == 'add' else mc * ms
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        return x + x * torch.sigmoid(self.fuse(*self.branch_logits(x)))
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'channel_gate' ``sigmoid(Mc)`` (N, C), 'spatial_gate' ``sigmoid(Ms)`` (N, H, W) and
+        'combined_gate', the applied ``sigmoid(fuse(Mc, Ms))`` averaged over C (N, H, W)."""
         mc, ms = self.branch_logits(x)
-        att = mc + ms if self.fusion == 'add' else mc * ms
-        return x + x * torch.sigmoid(att)
+        op = '+' if self.fusion == 'add' else '*'
+        return {
+            'channel_gate': channel_map(torch.sigmoid(mc), 'channel branch sigmoid(Mc)'),
+            'spatial_gate': spatial_map(torch.sigmoid(ms), x.shape,
+                                        'spatial branch sigmoid(Ms)'),
+            'combined_gate': spatial_map(torch.sigmoid(self.fuse(mc, ms)), x.shape,
+                                         f'sigmoid(Mc {op} Ms), mean over C'),
+        }
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
