@@ -1,4 +1,5 @@
-"""CoordAttention: variants, the defining equation, parameter count, argument checks."""
+"""CoordAttention: variants, the defining equation, its maps, parameter count, argument
+checks."""
 import functools
 
 import pytest
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 from cvattn_mm.attention.channel_spatial import CoordAttention
 from cvattn_mm.registry import MODELS
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -77,6 +79,20 @@ def test_equation_on_non_square_map(training):
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_gates_rebuild_the_forward():
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(CoordAttention(32), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        a_h, a_w = module.gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
+        rebuilt = x * a_h * a_w
+        maps = extract_maps(module, x)
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'CoordAttention: {err:.3g}'
+    assert maps
+
+
 def test_transposed_input_swaps_the_two_directions():
     """Transposing H and W and swapping conv_h / conv_w transposes the output."""
     gen = torch.Generator().manual_seed(2)
@@ -139,6 +155,12 @@ def test_gates_use_official_activations():
 def test_invalid_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=rf'CoordAttention.*{argument}'):
         CoordAttention(**kwargs)
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyCoordAttention', (CoordAttention, ), {'_abbr_': 'my_coord_attention'})
+    with pytest.raises(ValueError, match='MyCoordAttention.*reduction'):
+        sub(64, reduction=0)
 
 
 def test_registry_metadata():

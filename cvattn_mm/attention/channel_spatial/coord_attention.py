@@ -1,5 +1,5 @@
 """Coordinate Attention."""
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -9,6 +9,7 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import reduced_channels
 from ..gating import axis_pooled_gates
+from ..maps import AttentionMap, spatial_map
 
 
 @register_model()
@@ -31,7 +32,10 @@ class CoordAttention(AttentionModule):
 
     Deviations: none (``mip = max(8, C // 32)`` is the official rule written with the
     library's ``reduction`` / ``min_channels`` convention). The backward is hand-written
-    (:func:`~cvattn_mm.attention.gating.axis_pooled_gates`).
+    (:func:`~cvattn_mm.attention.gating.axis_pooled_gates`, not twice differentiable);
+    ``CVATTN_FAST_BACKWARD=0`` or
+    :func:`cvattn_mm.attention.fast_backward.set_fast_backward` ``(False)`` runs plain
+    autograd instead.
 
     Args:
         in_channels (int): Channels C.
@@ -61,7 +65,7 @@ class CoordAttention(AttentionModule):
                  gate_cfg: dict = dict(type='Sigmoid'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        mip = reduced_channels('CoordAttention', in_channels, reduction, min_channels)
+        mip = reduced_channels(type(self).__name__, in_channels, reduction, min_channels)
         self.reduction = reduction
         self.mip = mip
         self.conv1 = nn.Conv2d(in_channels, mip, 1)
@@ -86,6 +90,15 @@ class CoordAttention(AttentionModule):
         a_h = self.gate(self.conv_h(f_h))
         a_w = self.gate(self.conv_w(f_w.transpose(2, 3)))  # a view
         return a_h, a_w
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'h_gate', 'w_gate' and their product 'gate', each averaged over C (N, H, W)."""
+        a_h, a_w = self.gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
+        return {
+            'h_gate': spatial_map(a_h, x.shape, 'H gate, mean over C'),
+            'w_gate': spatial_map(a_w, x.shape, 'W gate, mean over C'),
+            'gate': spatial_map(a_h * a_w, x.shape, 'H gate x W gate, mean over C'),
+        }
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, reduction={self.reduction}, mip={self.mip}'
