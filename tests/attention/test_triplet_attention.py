@@ -1,4 +1,5 @@
-"""TripletAttention: variants, the rotate-and-gate definition, parameter count, arguments."""
+"""TripletAttention: variants, the rotate-and-gate definition, its maps, parameter count,
+arguments."""
 import functools
 
 import pytest
@@ -8,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cvattn_mm.attention.channel_spatial import TripletAttention
 from cvattn_mm.registry import MODELS
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -81,6 +83,22 @@ def test_equation_against_explicit_rotations(no_spatial, training):
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('kwargs', [{}, dict(no_spatial=True)], ids=str)
+def test_gates_rebuild_the_forward(kwargs):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(TripletAttention(32, **kwargs), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        gates = module.gates(*[pool for d in module.pooled_axes
+                               for pool in (x.amax(d, keepdim=True), x.mean(d, keepdim=True))])
+        rebuilt = x * (sum(gates) / len(gates))
+        maps = extract_maps(module, x)
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'Triplet {kwargs}: {err:.3g}'
+    assert maps
+
+
 def test_kernels_are_not_symmetric_in_the_check():
     """The equation test would miss a transposed kernel if the kernels were symmetric."""
     module = contract.perturb_parameters(TripletAttention(6))
@@ -138,6 +156,12 @@ def test_default_norm_follows_the_official_momentum():
 def test_invalid_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=rf'TripletAttention.*{argument}'):
         TripletAttention(**kwargs)
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyTripletAttention', (TripletAttention, ), {'_abbr_': 'my_triplet_attention'})
+    with pytest.raises(ValueError, match='MyTripletAttention.*kernel_size'):
+        sub(8, kernel_size=4)
 
 
 def test_registry_metadata():
