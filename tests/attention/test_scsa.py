@@ -1,4 +1,5 @@
-"""SCSA: variants through the contract, the equations against a direct reference, params."""
+"""SCSA: variants through the contract, the equations against a direct reference, its maps,
+params."""
 import functools
 
 import pytest
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 from cvattn_mm.attention.channel_spatial.scsa import SCSA
 from cvattn_mm.registry import MODELS
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -25,10 +27,23 @@ def build(in_channels=32, **kwargs):
     return SCSA(in_channels, **kwargs)
 
 
+def build_same_dropout(**kwargs):
+    """A module whose every forward draws the same dropout mask, so that the check of the
+    fast backward against autograd (two forwards) compares equal computations."""
+    def reseed(module, args):
+        torch.manual_seed(0)
+
+    module = build(**kwargs)
+    module.register_forward_pre_hook(reseed)
+    return module
+
+
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_contract_variants(variant):
     torch.manual_seed(0)
-    contract.run_contract(functools.partial(build, **VARIANTS[variant]))
+    kwargs = VARIANTS[variant]
+    contract.run_contract(functools.partial(
+        build_same_dropout if kwargs.get('attn_drop_ratio') else build, **kwargs))
 
 
 def test_compile_and_onnx_recombination_softmax(tmp_path):
@@ -150,15 +165,18 @@ def test_map_smaller_than_window_pools_globally(mode, size):
         contract.assert_close_rel(y, global_(x), 1e-6, f'{mode} {size} vs global')
 
 
-@pytest.mark.parametrize('size', [(1, 1), (3, 5)])
+@pytest.mark.parametrize('size', [(1, 1), (3, 5), (9, 4)])
 def test_recombination_on_maps_smaller_than_window(size):
     torch.manual_seed(0)
     m = contract.perturb_parameters(build(16, down_sample_mode='recombination')).eval()
+    seen = []
+    m.recombine.register_forward_hook(lambda module, args, out: seen.append(out.shape[2:]))
     x = torch.randn(2, 16, *size)
     with torch.no_grad():
         y = m(x)
         assert y.shape == x.shape and torch.isfinite(y).all()
         contract.assert_close_rel(y, reference(m, x), 1e-5, f'recombination {size}')
+    assert seen == [(1, 1)]  # the conv itself ran, on one whole window
 
 
 def test_recombination_is_space_to_depth_then_1x1():
@@ -170,6 +188,24 @@ def test_recombination_is_space_to_depth_then_1x1():
     expected = F.conv2d(F.pixel_unshuffle(x, 2), w1x1)
     with torch.no_grad():
         contract.assert_close_rel(m._down_sample(x), expected, 1e-6, 'recombination')
+
+
+@pytest.mark.parametrize('kwargs', [
+    {}, dict(gate_layer='softmax', head_num=2, qkv_bias=True, window_size=-1),
+    dict(down_sample_mode='recombination', window_size=3)], ids=str)
+def test_gates_rebuild_the_forward(kwargs):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(build(32, **kwargs), scale=0.5).eval()
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        a_h, a_w = module.smsa_gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
+        a_c = module.channel_gate(x * a_h * a_w)
+        rebuilt = x * a_h * a_w * a_c
+        maps = extract_maps(module, x)
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'SCSA {kwargs}: {err:.3g}'
+    assert maps
 
 
 def test_softmax_gates_are_distributions():
@@ -232,3 +268,11 @@ def test_invalid_arguments(kwargs, arg):
     with pytest.raises(ValueError) as info:
         SCSA(**kwargs)
     assert 'SCSA' in str(info.value) and arg in str(info.value), str(info.value)
+
+
+def test_errors_name_the_subclass():
+    sub = type('MySCSA', (SCSA, ), {'_abbr_': 'my_scsa'})
+    with pytest.raises(ValueError, match='MySCSA.*head_num'):
+        sub(16, head_num=0)
+    with pytest.raises(ValueError, match='MySCSA.*window_size'):
+        sub(16, window_size=0)

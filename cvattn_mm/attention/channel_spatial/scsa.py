@@ -1,5 +1,5 @@
 """Spatial and Channel Synergistic Attention (SCSA)."""
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,6 +10,7 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_divisible, check_int, check_odd, check_positive_float
 from ..gating import axis_pooled_gates
+from ..maps import AttentionMap, channel_map, spatial_map
 
 #: SMSA splits the channels into this many sub-features, one kernel size each.
 SMSA_GROUPS = 4
@@ -36,15 +37,21 @@ class SCSA(AttentionModule):
     * the 4 depthwise convs run as ONE depthwise conv whose smaller kernels are zero-padded
       (centred) to the largest; their weights are stored flat in ``smsa_weight``: the
       official ``local_dwc, global_dwc_s/m/l`` weights flattened and concatenated in that
-      order (``smsa_bias`` likewise). Both directions share that one conv call. SMSA's
-      backward is hand-written (:func:`~cvattn_mm.attention.gating.axis_pooled_gates`).
+      order (``smsa_bias`` likewise). Both directions share that one conv call. These two
+      and ``qkv_weight`` / ``qkv_bias`` (the per-channel scales of the depthwise 1x1 q, k, v)
+      are plain parameters, not layers: no torch layer holds kernels of four sizes in one
+      weight. SMSA's backward is hand-written
+      (:func:`~cvattn_mm.attention.gating.axis_pooled_gates`, not twice differentiable);
+      ``CVATTN_FAST_BACKWARD=0`` or :func:`cvattn_mm.attention.fast_backward.
+      set_fast_backward` ``(False)`` runs plain autograd instead.
     * 'recombination' (an undefined method in the official code) moves each window into the
       channels and reduces them by a bias-free 1x1 conv ``C ws^2 -> C``; this is computed as
-      the identical ``ws x ws`` conv with stride ``ws`` (its weight is the 1x1 weight reshaped).
+      the identical ``ws x ws`` conv ``recombine`` with stride ``ws`` (its weight is the 1x1
+      weight reshaped).
     * a map smaller than the window along an axis (the official code crashes) is down-sampled
-      with the window clipped to that axis (pooling the whole axis; 'recombination' uses the
-      top-left part of its kernel, i.e. zero padding at the bottom/right). As in the official
-      code, rows/columns that do not fill a whole window are left out of the down-sampling.
+      with the window clipped to that axis (pooling the whole axis; 'recombination' zero-pads
+      the map at the bottom/right up to one window). As in the official code, rows/columns
+      that do not fill a whole window are left out of the down-sampling.
     * ``window_size=-1`` (global) honours 'max_pool' (the official code always averages);
       'recombination' needs a finite window and rejects -1.
     * the official ``fuse_bn``, ``norm_cfg`` and ``act_cfg`` arguments are dropped: the official
@@ -87,7 +94,7 @@ class SCSA(AttentionModule):
                  gate_layer: str = 'sigmoid',
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        name = 'SCSA'
+        name = type(self).__name__
         check_divisible(name, 'in_channels', in_channels, SMSA_GROUPS,
                         'the number of SMSA channel groups')
         self.head_num = check_int(name, 'head_num', head_num, 1)
@@ -171,16 +178,16 @@ class SCSA(AttentionModule):
             if self.down_sample_mode == 'max_pool':
                 return x.amax((2, 3), keepdim=True)
             return x.mean((2, 3), keepdim=True)
+        h, w = x.shape[2:]
+        if self.down_sample_mode == 'recombination':
+            if h < ws or w < ws:  # zeros up to one window: the top-left part of the kernel
+                x = F.pad(x, (0, max(ws - w, 0), 0, max(ws - h, 0)))
+            return self.recombine(x)
         # A window larger than the map is clipped to it along that axis.
-        window = (min(ws, x.shape[2]), min(ws, x.shape[3]))
+        window = (min(ws, h), min(ws, w))
         if self.down_sample_mode == 'avg_pool':
             return F.avg_pool2d(x, window, window)
-        if self.down_sample_mode == 'max_pool':
-            return F.max_pool2d(x, window, window)
-        weight = self.recombine.weight
-        if window != (ws, ws):
-            weight = weight[:, :, :window[0], :window[1]]
-        return F.conv2d(x, weight, stride=window)
+        return F.max_pool2d(x, window, window)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -213,6 +220,15 @@ class SCSA(AttentionModule):
         # (N, heads, head_dim, L): the channels are the tokens, the positions their features.
         a_c = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         return self._gate(a_c.mean(3).reshape(n, c, 1, 1), 1)
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'spatial_gate', SMSA's ``a_h a_w`` averaged over C (N, H, W), and 'channel_gate',
+        PCSA's gate (N, C), computed on the SMSA output as in the forward."""
+        a_h, a_w = self.smsa_gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
+        return {'spatial_gate': spatial_map(a_h * a_w, x.shape,
+                                            'SMSA gate a_h x a_w, mean over C'),
+                'channel_gate': channel_map(self.channel_gate(x * a_h * a_w),
+                                            'PCSA channel gate')}
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, head_num={self.head_num}, '
