@@ -1,4 +1,5 @@
-"""SimAM: variants, the energy in float64, the one-position map, arguments."""
+"""SimAM: variants, the energy in float64, the one-position map, its maps, arguments, the
+hand-written backward."""
 import functools
 import math
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 
 from cvattn_mm.attention.channel_spatial import SimAM
+from cvattn_mm.attention.fast_backward import fast_backward
 from cvattn_mm.registry import MODELS
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -55,6 +58,18 @@ def test_one_position_map_gives_sigmoid_half():
     torch.testing.assert_close(y, x * (1 / (1 + math.exp(-0.5))))
     y.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_gate_rebuilds_the_forward():
+    module = SimAM(32)
+    x = torch.randn(2, 32, 7, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = module(x)
+        rebuilt = x * module.gate(x)
+        maps = extract_maps(module, x)
+    err = (rebuilt - expected).abs().max().item()
+    assert err <= 1e-4 * (expected.abs().max().item() + 1e-6), f'SimAM: {err:.3g}'
+    assert set(maps) == {'gate', 'channel_mean'}
 
 
 def test_one_row_map_is_ordinary():
@@ -106,6 +121,12 @@ def test_invalid_arguments(kwargs, argument):
         SimAM(**kwargs)
 
 
+def test_errors_name_the_subclass():
+    sub = type('MySimAM', (SimAM, ), {'_abbr_': 'my_simam'})
+    with pytest.raises(ValueError, match='MySimAM.*e_lambda'):
+        sub(e_lambda=0)
+
+
 def test_registry_metadata():
     cls = MODELS.get('SimAM')
     assert cls is SimAM
@@ -144,6 +165,34 @@ def test_hand_written_backward_equals_autograd(shape, e_lambda):
     torch.testing.assert_close(y, expected_y, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
     assert torch.autograd.gradcheck(SimAM(e_lambda=e_lambda), (x,))
+
+
+def test_switch_off_runs_plain_autograd():
+    x = (torch.randn(2, 3, 5, 7, dtype=torch.float64) * 2 + 0.3).requires_grad_()
+    with fast_backward(False):
+        y = SimAM()(x)
+    assert y.grad_fn.name() != '_SimAMBackward'
+    (got,) = torch.autograd.grad(y.sum(), x)
+    (expected,) = torch.autograd.grad(_autograd_simam(x, 1e-4).sum(), x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert SimAM()(x).grad_fn.name() == '_SimAMBackward'  # the switch is restored
+
+
+def test_hand_written_backward_under_bf16_autocast():
+    """The Function's amp decorators: the same output and gradient as the plain ops under
+    CPU autocast (whose backward runs after the autocast region)."""
+    x = torch.randn(2, 8, 6, 5, requires_grad=True)
+    results = []
+    for enabled in (True, False):
+        with fast_backward(enabled), torch.autocast('cpu', dtype=torch.bfloat16):
+            y = SimAM()(x)
+        y.float().sum().backward()
+        results.append((y, x.grad))
+        x.grad = None
+    (y_fast, g_fast), (y_plain, g_plain) = results
+    assert y_fast.dtype == y_plain.dtype and g_fast.dtype == g_plain.dtype
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-5)
 
 
 def test_hand_written_backward_channels_last_and_bf16():

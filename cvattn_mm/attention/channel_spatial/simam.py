@@ -1,5 +1,5 @@
 """SimAM: parameter-free attention from an energy function."""
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -7,6 +7,8 @@ from torch.autograd.function import once_differentiable
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_positive_float
+from ..fast_backward import amp_backward, amp_forward, fast_backward_params, is_tracing
+from ..maps import AttentionMap, channel_map, spatial_map
 
 
 @register_model()
@@ -26,8 +28,10 @@ class SimAM(AttentionModule):
     The paper puts the module after the 3x3 conv of each residual branch, before its BN.
 
     Deviations: ``H * W = 1`` gives ``x * sigmoid(0.5)`` where the official code gives NaN.
-    The forward works in place and the backward is hand-written (``_SimAM``), except under
-    ``torch.jit`` tracing and ``torch.compile``.
+    The forward works in place and the backward is hand-written (``_SimAM``, not twice
+    differentiable), except under ``torch.jit`` tracing and ``torch.compile``;
+    ``CVATTN_FAST_BACKWARD=0`` or :func:`cvattn_mm.attention.fast_backward.set_fast_backward`
+    ``(False)`` runs plain autograd instead.
 
     Args:
         in_channels (int | None): Channels C, checked on the input if given; the module
@@ -50,26 +54,45 @@ class SimAM(AttentionModule):
                  e_lambda: float = 1e-4,
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        self.e_lambda = check_positive_float('SimAM', 'e_lambda', e_lambda)
+        self.e_lambda = check_positive_float(type(self).__name__, 'e_lambda', e_lambda)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        hw = x.shape[2] * x.shape[3]
-        # 1 / (4 (v + lambda)), v = sum(d) / max(n, 1) = mean(d) * H W / max(n, 1): a mean
-        # does not overflow in float16 where a sum can. max(n, 1) = n + 1 // HW (HW >= 1),
-        # written without a comparison so that a traced graph stays valid for any size.
-        scale = 4 * hw / (hw - 1 + 1 // hw)
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if not tracing and torch.is_grad_enabled() and x.requires_grad:
-            return _SimAM.apply(x, scale, 4 * self.e_lambda)
-        if not tracing and not torch.is_grad_enabled():
-            return x * _gate_(x - x.mean((2, 3), keepdim=True), scale, 4 * self.e_lambda)[0]
-        d = (x - x.mean((2, 3), keepdim=True)).square()
-        inv = 1 / (d.mean((2, 3), keepdim=True) * scale + 4 * self.e_lambda)
-        return x * torch.sigmoid(d * inv + 0.5)
+        if fast_backward_params((x,), self) is not None:
+            return _SimAM.apply(x, _scale(x), 4 * self.e_lambda)
+        return x * self.gate(x)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate ``sigmoid(d / (4 (v + lambda)) + 0.5)`` (N, C, H, W); in place (one new
+        tensor) when no gradient is recorded and nothing traces the call."""
+        centred = x - x.mean((2, 3), keepdim=True)
+        if not torch.is_grad_enabled() and not is_tracing():
+            return _gate_(centred, _scale(x), 4 * self.e_lambda)[0]
+        d = centred.square()
+        inv = 1 / (d.mean((2, 3), keepdim=True) * _scale(x) + 4 * self.e_lambda)
+        return torch.sigmoid(d * inv + 0.5)
+
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """'gate', the gate averaged over C (N, H, W), and 'channel_mean', averaged over the
+        positions (N, C)."""
+        gate = self.gate(x)
+        return {'gate': spatial_map(gate, x.shape, 'energy gate, mean over C'),
+                'channel_mean': channel_map(gate.mean((2, 3), keepdim=True),
+                                            'energy gate, mean over positions')}
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, e_lambda={self.e_lambda}'
+
+
+def _scale(x: torch.Tensor) -> float:
+    """``4 H W / max(n, 1)``: ``1 / (4 (v + lambda)) = 1 / (mean(d) * scale + 4 lambda)``.
+
+    ``v = sum(d) / max(n, 1) = mean(d) * H W / max(n, 1)``: a mean does not overflow in
+    float16 where a sum can. ``max(n, 1) = n + 1 // (H W)`` (H W >= 1), written without a
+    comparison so that a traced graph stays valid for any size.
+    """
+    hw = x.shape[2] * x.shape[3]
+    return 4 * hw / (hw - 1 + 1 // hw)
 
 
 def _gate_(centred: torch.Tensor, scale: float, bias: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +114,7 @@ class _SimAM(torch.autograd.Function):
     """
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x: torch.Tensor, scale: float, bias: float) -> torch.Tensor:
         mu = x.mean((2, 3), keepdim=True)
         gate, inv = _gate_(x - mu, scale, bias)
@@ -99,6 +123,7 @@ class _SimAM(torch.autograd.Function):
         return x * gate
 
     @staticmethod
+    @amp_backward
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, mu, gate, inv = ctx.saved_tensors
