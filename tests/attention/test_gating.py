@@ -1,8 +1,8 @@
-"""Pooled gates with a hand-written backward: the same values and gradients as autograd's."""
+"""Pooled gates with a hand-written backward: the same values and gradients as autograd's,
+and plain autograd when the fast path is switched off."""
 import pytest
 import torch
 
-from cvattn_mm.attention import gating
 from cvattn_mm.attention.branch.sk import SK
 from cvattn_mm.attention.channel.eca import ECA
 from cvattn_mm.attention.channel.se import SE
@@ -10,6 +10,11 @@ from cvattn_mm.attention.channel_spatial.cbam import CBAM
 from cvattn_mm.attention.channel_spatial.coord_attention import CoordAttention
 from cvattn_mm.attention.channel_spatial.scsa import SCSA
 from cvattn_mm.attention.channel_spatial.triplet_attention import TripletAttention
+from cvattn_mm.attention.fast_backward import (
+    fast_backward,
+    fast_backward_enabled,
+    fast_backward_params,
+)
 
 
 def reference(module, x):
@@ -197,9 +202,31 @@ def test_plain_ops_without_gradient_and_under_tracing():
     x = torch.randn(1, 16, 3, 3)
     with torch.no_grad():
         assert module(x).grad_fn is None
-    assert gating._params_for_custom_backward(x.requires_grad_(), module.parameters())
+    assert fast_backward_params((x.requires_grad_(), ), module)
     traced = torch.jit.trace(module, x)
     assert 'PooledGate' not in str(traced.graph)  # the plain ops were recorded
+
+
+@pytest.mark.parametrize('name', ONE_OF_EACH)
+def test_switch_off_runs_plain_autograd(name):
+    """With the switch off the graph holds only autograd's nodes; values and gradients are
+    those of the plain ops (and of the hand-written backward)."""
+    module = randomized(name)
+    x = torch.randn(2, 16, 5, 7, dtype=torch.double)
+    weight = torch.randn(2, 16, 5, 7, dtype=torch.double)
+    fast_out, fast = grads(module, x, weight)
+    with fast_backward(False):
+        out, got = grads(module, x, weight)
+    assert fast_backward_enabled()  # restored on exit
+    assert uses_hand_written_backward(fast_out) and not uses_hand_written_backward(out)
+    x = x.detach().requires_grad_()
+    expected_out = reference(module, x)
+    params = [p for p in module.parameters() if p.requires_grad]
+    expected = torch.autograd.grad((expected_out * weight).sum(), [x] + params)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    for g, e, f in zip(got, expected, fast, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, f, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
