@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvattn_mm.attention.spatial.non_local import MODES, NonLocalBlock
+from cvattn_mm.attention.spatial.non_local import MODES, SUB_SAMPLE_AT, NonLocalBlock
 from cvattn_mm.visualization import extract_maps
 
 from . import contract
@@ -21,6 +21,9 @@ VARIANTS = [
     dict(mode='dot_product', sub_sample=True),
     dict(mode='gaussian', sub_sample=True),
     dict(mode='concatenation', sub_sample=True),
+    dict(sub_sample=True, sub_sample_at='embedding'),
+    dict(mode='gaussian', sub_sample=True, sub_sample_at='embedding'),
+    dict(use_scale=False),
     dict(reduction=4, norm_cfg=None),
     dict(norm_cfg=dict(type='GN', num_groups=4)),
 ]
@@ -46,17 +49,32 @@ def reference(module, x):
     n, c, h, w = x.shape
     d = m.inter_channels
     wt, bias = m.theta_phi_g.weight[:, :, 0, 0], m.theta_phi_g.bias
-    emb = torch.einsum('oc,nchw->nohw', wt, x) + bias[None, :, None, None]
-    if m.mode == 'gaussian':
-        theta, phi, g = x, x, emb
-    else:
-        theta, phi, g = emb[:, :d], emb[:, d:2 * d], emb[:, 2 * d:]
-    if m.sub_sample:
-        phi, g = max_pool_ceil(phi), max_pool_ceil(g)
+
+    def embed(t):
+        return torch.einsum('oc,nchw->nohw', wt, t) + bias[None, :, None, None]
+
+    if m.sub_sample and m.sub_sample_at == 'input':  # phi and g of the pooled x
+        x_hat = max_pool_ceil(x)
+        emb, emb_hat = embed(x), embed(x_hat)
+        if m.mode == 'gaussian':
+            theta, phi, g = x, x_hat, emb_hat
+        else:
+            theta, phi, g = emb[:, :d], emb_hat[:, d:2 * d], emb_hat[:, 2 * d:]
+    else:  # pooled phi(x) and g(x)
+        emb = embed(x)
+        if m.mode == 'gaussian':
+            theta, phi, g = x, x, emb
+        else:
+            theta, phi, g = emb[:, :d], emb[:, d:2 * d], emb[:, 2 * d:]
+        if m.sub_sample:
+            phi, g = max_pool_ceil(phi), max_pool_ceil(g)
     theta, phi, g = theta.flatten(2), phi.flatten(2), g.flatten(2)
     num_keys = phi.shape[-1]
     if m.mode in ('embedded_gaussian', 'gaussian'):
-        f = torch.einsum('nci,ncj->nij', theta, phi).exp()
+        logits = torch.einsum('nci,ncj->nij', theta, phi)
+        if m.mode == 'embedded_gaussian' and m.use_scale:
+            logits = logits / math.sqrt(d)
+        f = logits.exp()
         f = f / f.sum(-1, keepdim=True)
     elif m.mode == 'dot_product':
         f = torch.einsum('nci,ncj->nij', theta, phi) / num_keys
@@ -70,25 +88,79 @@ def reference(module, x):
     if m.conv_out.bias is not None:
         z = z + m.conv_out.bias[None, :, None, None]
     if m.norm is not None:  # BN in eval mode
-        bn = m.norm
-        z = (z - bn.running_mean[None, :, None, None]) / torch.sqrt(
-            bn.running_var[None, :, None, None] + bn.eps)
-        z = z * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+        z = batch_norm_eval(z, m.norm)
     return x + z
 
 
-@pytest.mark.parametrize('sub_sample', [False, True])
+def batch_norm_eval(z, bn):
+    z = (z - bn.running_mean[None, :, None, None]) / torch.sqrt(
+        bn.running_var[None, :, None, None] + bn.eps)
+    return z * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+
+
+#: Keys of every position, or sub-sampled by pooling x or by pooling phi(x) and g(x).
+KEYS = [dict(sub_sample=False)] + [dict(sub_sample=True, sub_sample_at=at)
+                                   for at in SUB_SAMPLE_AT]
+
+
+@pytest.mark.parametrize('use_scale', [True, False])
+@pytest.mark.parametrize('keys', KEYS, ids=str)
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('size', [(5, 7), (6, 4)])
-def test_each_mode_matches_formula(mode, sub_sample, size):
+def test_each_mode_matches_formula(mode, keys, use_scale, size):
     torch.manual_seed(0)
-    module = contract.perturb_parameters(NonLocalBlock(8, mode=mode, sub_sample=sub_sample),
-                                         scale=0.3).eval()
+    module = contract.perturb_parameters(
+        NonLocalBlock(8, mode=mode, use_scale=use_scale, **keys), scale=0.3).eval()
     x = torch.randn(2, 8, *size) * 0.5
     with torch.no_grad():
         y = module(x)
         ref = reference(module, x)
     torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_official_equation():
+    """With the official settings (defaults and sub_sample=True) the block computes the
+    official non-local block on an even map, written out here from its definition: theta on
+    x, phi and g on the 2x2 max pooling of x, a softmax of theta^T phi / sqrt(d) over the
+    pooled positions, W_z, the BN, the residual."""
+    torch.manual_seed(0)
+    c, d = 16, 8
+    module = contract.perturb_parameters(NonLocalBlock(c, sub_sample=True), scale=0.3)
+    module = module.double().eval()
+    with torch.no_grad():
+        module.norm.running_mean.uniform_(-0.5, 0.5)
+        module.norm.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, c, 6, 8, dtype=torch.double)
+    with torch.no_grad():
+        y = module(x)
+        x_hat = F.max_pool2d(x, 2, 2)  # the official pooling (floor) on an even map
+        w, b = module.theta_phi_g.weight[:, :, 0, 0], module.theta_phi_g.bias
+        theta = torch.einsum('oc,ncl->nol', w[:d], x.flatten(2)) + b[:d, None]
+        phi = torch.einsum('oc,ncl->nol', w[d:2 * d], x_hat.flatten(2)) + b[d:2 * d, None]
+        g = torch.einsum('oc,ncl->nol', w[2 * d:], x_hat.flatten(2)) + b[2 * d:, None]
+        p = torch.softmax(torch.einsum('nci,ncj->nij', theta, phi) * d**-0.5, dim=2)
+        t = torch.einsum('ncj,nij->nci', g, p).reshape(2, d, 6, 8)
+        z = torch.einsum('oc,nchw->nohw', module.conv_out.weight[:, :, 0, 0], t)
+        expected = batch_norm_eval(z, module.norm) + x
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
+    # The choices are the official ones by default; the other ones change the output.
+    for other in (dict(use_scale=False), dict(sub_sample_at='embedding')):
+        variant = NonLocalBlock(c, sub_sample=True, **other).double().eval()
+        variant.load_state_dict(module.state_dict())
+        with torch.no_grad():
+            assert (variant(x) - y).abs().max() > 1e-3, other
+
+
+def test_official_defaults_and_initialisation():
+    torch.manual_seed(0)
+    module = NonLocalBlock(256)
+    assert module.use_scale and module.sub_sample_at == 'input' and not module.sub_sample
+    assert module.inter_channels == 128 and module.scale == 128**-0.5
+    for conv in (module.theta_phi_g, module.conv_out):
+        assert abs(conv.weight.std().item() - 0.01) < 0.001
+    assert module.theta_phi_g.bias.eq(0).all() and module.conv_out.bias is None
+    assert module.norm.weight.eq(0).all() and module.norm.bias.eq(0).all()
+    assert NonLocalBlock(16, mode='gaussian').scale == 1.0  # only the embedded Gaussian
 
 
 def test_dot_product_orders_agree():
@@ -144,6 +216,7 @@ def test_reduction_and_floor():
 
 @pytest.mark.parametrize('kwargs, arg', [
     (dict(mode='softmax'), 'mode'),
+    (dict(sub_sample_at='output'), 'sub_sample_at'),
     (dict(reduction=0), 'reduction'),
     (dict(reduction=32), 'reduction'),
     (dict(reduction=1.5), 'reduction'),
@@ -170,6 +243,7 @@ def test_sub_sample_on_one_by_one_and_odd_maps():
     dict(mode='gaussian', sub_sample=True),
     dict(mode='concatenation'),
     dict(sub_sample=True, norm_cfg=None),
+    dict(sub_sample=True, sub_sample_at='embedding', use_scale=False),
 ], ids=str)
 def test_compile_and_onnx_variants(kwargs, tmp_path):
     factory = functools.partial(NonLocalBlock, 16, **kwargs)
@@ -261,3 +335,5 @@ def test_errors_name_the_subclass():
         sub(16, mode='softmax')
     with pytest.raises(ValueError, match='MyNonLocal.*reduction'):
         sub(16, reduction=0)
+    with pytest.raises(ValueError, match='MyNonLocal.*sub_sample_at'):
+        sub(16, sub_sample_at='phi')

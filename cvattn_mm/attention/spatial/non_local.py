@@ -13,6 +13,8 @@ from ..maps import AttentionMap, query_weight_maps
 from ..pointwise import PointwiseConv2d
 
 MODES = ('embedded_gaussian', 'dot_product', 'gaussian', 'concatenation')
+#: What ``sub_sample`` max-pools: ``x`` before phi and g (the official code), or phi(x) and g(x).
+SUB_SAMPLE_AT = ('input', 'embedding')
 
 
 class TokenPointwiseConv2d(nn.Conv2d):
@@ -50,35 +52,62 @@ class NonLocalBlock(AttentionModule):
     """Non-local block (Wang et al., CVPR 2018, arXiv:1711.07971), the paper's residual block.
 
     ``z_i = x_i + BN(W_z y_i)``, ``y_i = sum_j f(x_i, x_j) g(x_j) / C(x)`` with
-    ``theta, phi, g`` biased 1x1 convs ``C -> C/r`` and, per ``mode``:
+    ``theta, phi, g`` biased 1x1 convs ``C -> d = C/r`` and, per ``mode``:
 
-    * ``'embedded_gaussian'``: ``softmax_j(theta_i^T phi_j)`` (no ``1/sqrt(d)`` scale);
+    * ``'embedded_gaussian'``: ``softmax_j(theta_i^T phi_j / sqrt(d))`` (``use_scale``; the
+      paper's equation has no scale, the official code and mmcv's ``NonLocal2d`` use it);
     * ``'dot_product'``: ``theta_i^T phi_j / N_k``;
-    * ``'gaussian'``: ``softmax_j(x_i^T x_j)`` (no theta, phi);
+    * ``'gaussian'``: ``softmax_j(x_i^T x_j)`` (no theta, phi; no scale);
     * ``'concatenation'``: ``ReLU(w_f^T [theta_i; phi_j]) / N_k``.
 
-    ``N_k`` counts the key positions (after sub-sampling). ``W_z`` is a 1x1 conv ``C/r -> C``
-    whose norm is zero-initialised (its weight and bias), so the block starts as the identity.
-    Parameters (d = C/r, norm = 2C for BN): embedded Gaussian and dot product
+    ``N_k`` counts the key positions. With ``sub_sample`` the keys are a 2x2 max pooling:
+    ``sub_sample_at='input'`` pools x, ``phi_j = phi(x^_j)``, ``g_j = g(x^_j)`` with
+    ``x^ = MaxPool(x)`` (the official code, and the paper's equation with a sub-sampled
+    x^); ``'embedding'`` pools ``phi(x)`` and ``g(x)`` (mmcv's ``NonLocal2d``, and the
+    paper's "max pooling layer after phi and g"). The queries ``theta_i`` (Gaussian:
+    ``x_i``) keep every position. ``W_z`` is a 1x1 conv ``d -> C`` whose norm is
+    zero-initialised (weight and bias), so the block starts as the identity.
+    Parameters (norm = 2C for BN): embedded Gaussian and dot product
     ``3 (C d + d) + d C + norm``; Gaussian ``(C d + d) + d C + norm``; concatenation adds
     ``2 d``. Without a norm, ``W_z`` has a bias (``+ C``) and is zero-initialised instead.
 
-    Deviations: ``sub_sample`` max-pools phi and g by 2x2 with ``ceil_mode=True``, so odd
-    and 1x1 maps work (the last row/column is pooled alone instead of dropped; the paper uses
-    even maps). Dot product uses ``(theta^T phi) g = theta^T (phi g^T)`` whichever order is
-    cheaper for the input size (same math). theta, phi and g are one conv ``theta_phi_g``
-    (same parameters as three; state-dict keys differ from mmcv's ``NonLocal2d``), a
-    :class:`TokenPointwiseConv2d` whose output is read as row-contiguous tokens; ``W_z`` and
-    ``w_f`` are :class:`~cvattn_mm.attention.pointwise.PointwiseConv2d` (matrix products).
-    ``init_weights`` redoes the zero-initialisation after ``init_cfg`` unless it loads a
-    checkpoint.
+    With the defaults (embedded Gaussian, ``use_scale``, ``reduction=2``, BN) and
+    ``sub_sample=True`` it computes the official ``spacetime_nonlocal`` (``USE_SOFTMAX``,
+    ``USE_SCALE`` and ``USE_MAXPOOL`` on, as in its defaults and released configs) on 2-D
+    maps of even size. Initialisation as the official code: theta, phi, g and ``W_z`` from
+    ``N(0, 0.01^2)``, biases 0, the BN's weight 0 (its ``BN_INIT_GAMMA``); without a norm
+    ``W_z`` is zero (its ``USE_ZERO_INIT_CONV``). ``init_weights`` redoes the
+    zero-initialisation after ``init_cfg`` unless it loads a checkpoint.
+
+    Deviations from the official code:
+
+    * ``sub_sample`` is off by default (as mmcv's ``NonLocal2d``): every position is a key,
+      at about 4x the attention cost of the official default;
+    * sub-sampling max-pools with ``ceil_mode=True``, so odd and 1x1 maps work (the last
+      row/column is pooled alone; the official pooling drops it);
+    * ``W_z`` has no bias before its norm (the official conv has one: a constant shift that
+      the BN removes in training and folds into its running mean);
+    * the Gaussian, dot-product and concatenation modes come from the paper (the official
+      code has the embedded Gaussian and, without softmax, the dot product).
+
+    Implementation: theta, phi and g are one conv ``theta_phi_g`` (same parameters as three;
+    state-dict keys differ from mmcv's ``NonLocal2d``), a :class:`TokenPointwiseConv2d`
+    whose output is read as row-contiguous tokens; with ``sub_sample_at='input'`` it runs
+    on x (theta) and on the pooled x (phi, g), discarding the other outputs of each call.
+    ``W_z`` and ``w_f`` are :class:`~cvattn_mm.attention.pointwise.PointwiseConv2d`
+    (matrix products). The dot product computes ``(theta^T phi) g = theta^T (phi g^T)``
+    in whichever order is cheaper for the input size (same math).
 
     Args:
         in_channels (int): Channels C.
         reduction (int): Divisor r of the embedding width ``d = max(C // r, min_channels)``.
         min_channels (int): Floor of d.
         mode (str): Pairwise function, one of ``MODES``.
-        sub_sample (bool): Max-pool phi and g by 2x2 (fewer key positions).
+        sub_sample (bool): Keys and values on a 2x2 max pooling (fewer key positions).
+        sub_sample_at (str): What is pooled, one of ``SUB_SAMPLE_AT``: ``'input'`` (x,
+            official) or ``'embedding'`` (phi(x) and g(x), mmcv).
+        use_scale (bool): Scale the embedded Gaussian's logits by ``1 / sqrt(d)`` (official
+            and mmcv default); the other modes have no scale and ignore it.
         norm_cfg (dict, optional): Norm after ``W_z``; ``None`` for none.
         init_cfg (dict, optional): mmengine initialisation config.
 
@@ -97,12 +126,16 @@ class NonLocalBlock(AttentionModule):
                  min_channels: int = 1,
                  mode: str = 'embedded_gaussian',
                  sub_sample: bool = False,
+                 sub_sample_at: str = 'input',
+                 use_scale: bool = True,
                  norm_cfg: dict | None = dict(type='BN'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
         owner = type(self).__name__
         self.mode = check_choice(owner, 'mode', mode, MODES)
         self.sub_sample = bool(sub_sample)
+        self.sub_sample_at = check_choice(owner, 'sub_sample_at', sub_sample_at, SUB_SAMPLE_AT)
+        self.use_scale = bool(use_scale)
         self.reduction = reduction
         d = reduced_channels(owner, in_channels, reduction, min_channels)
         self.inter_channels = d
@@ -113,7 +146,17 @@ class NonLocalBlock(AttentionModule):
             self.concat_project = PointwiseConv2d(2 * d, 1, bias=False)
         self.conv_out = PointwiseConv2d(d, in_channels, bias=norm_cfg is None)
         self.norm = build_norm_layer(norm_cfg, in_channels)[1] if norm_cfg else None
+        for conv in (self.theta_phi_g, self.conv_out):  # the official N(0, 0.01^2), bias 0
+            nn.init.normal_(conv.weight, std=0.01)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
         self.init_special()
+
+    @property
+    def scale(self) -> float:
+        """The factor of the logits in the softmax modes."""
+        use = self.use_scale and self.mode == 'embedded_gaussian'
+        return self.inter_channels**-0.5 if use else 1.0
 
     def init_special(self):
         last = self.norm if self.norm is not None else self.conv_out
@@ -136,7 +179,7 @@ class NonLocalBlock(AttentionModule):
         if self.mode in ('embedded_gaussian', 'gaussian'):
             # One head; 4-D inputs, as the ONNX exporter's SDPA requires.
             q, k, v = (t.unsqueeze(1) for t in (theta, phi, g))
-            y = F.scaled_dot_product_attention(q, k, v, scale=1.0).squeeze(1)
+            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale).squeeze(1)
         elif self.mode == 'dot_product' and 2 * num_keys * h * w > self.inter_channels * (
                 num_keys + h * w):
             # theta^T (phi g^T) is cheaper here; jit.trace freezes the order of its example.
@@ -155,9 +198,15 @@ class NonLocalBlock(AttentionModule):
         phi are ``x`` itself (C wide)."""
         _, _, h, w = x.shape
         d = self.inter_channels
-        emb = self.theta_phi_g(x).flatten(2).transpose(1, 2)  # (N, L, 3d or d)
+        if self.sub_sample and self.sub_sample_at == 'input':
+            pooled = F.max_pool2d(x, 2, 2, ceil_mode=True)
+            keys = _tokens(self.theta_phi_g(pooled))  # (N, L_k, 3d or d)
+            if self.mode == 'gaussian':  # autocast: x in g's dtype
+                return _tokens(x).to(keys.dtype), _tokens(pooled).to(keys.dtype), keys
+            return _tokens(self.theta_phi_g(x))[..., :d], keys[..., d:2 * d], keys[..., 2 * d:]
+        emb = _tokens(self.theta_phi_g(x))  # (N, L, 3d or d)
         if self.mode == 'gaussian':
-            x_emb = x.flatten(2).transpose(1, 2).to(emb.dtype)  # autocast: g's dtype
+            x_emb = _tokens(x).to(emb.dtype)  # autocast: g's dtype
             return x_emb, self._pool(x_emb, h, w), self._pool(emb, h, w)
         phi_g = self._pool(emb[..., d:], h, w)
         return emb[..., :d], phi_g[..., :d], phi_g[..., d:]
@@ -166,7 +215,7 @@ class NonLocalBlock(AttentionModule):
         """The weights ``f(x_i, x_j) / C(x)`` (N, L, L_k) of the mode; ``y = weights @ g``."""
         num_keys = phi.shape[1]
         if self.mode in ('embedded_gaussian', 'gaussian'):
-            return torch.bmm(theta, phi.transpose(1, 2)).softmax(-1)
+            return torch.bmm(theta, phi.transpose(1, 2)).mul(self.scale).softmax(-1)
         if self.mode == 'dot_product':
             return torch.bmm(theta, phi.transpose(1, 2)) / num_keys
         # concatenation: w_f^T [theta_i; phi_j] = w_f^T [theta_i; 0] + w_f^T [0; phi_j] (w_f
@@ -189,4 +238,10 @@ class NonLocalBlock(AttentionModule):
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
-                f'mode={self.mode!r}, sub_sample={self.sub_sample}')
+                f'mode={self.mode!r}, sub_sample={self.sub_sample}, '
+                f'sub_sample_at={self.sub_sample_at!r}, use_scale={self.use_scale}')
+
+
+def _tokens(t: torch.Tensor) -> torch.Tensor:
+    """The (N, H W, ch) token view of an (N, ch, H, W) map."""
+    return t.flatten(2).transpose(1, 2)
