@@ -87,6 +87,17 @@ def fast_backward_params(inputs: Sequence[torch.Tensor], modules: Modules
     return params if needed else None
 
 
+def is_plain_layer(layer: nn.Module, cls: type) -> bool:
+    """Whether a hand-written backward may differentiate ``layer`` as a ``cls``: it is exactly
+    of that type (a swapped, wrapped or parametrised layer has another type) and no hook can
+    see or change its call (a pruning mask, an observer)."""
+    return (type(layer) is cls
+            and not (layer._forward_pre_hooks or layer._forward_hooks
+                     or layer._backward_pre_hooks or layer._backward_hooks
+                     or nn.modules.module._global_forward_pre_hooks
+                     or nn.modules.module._global_forward_hooks))
+
+
 def _parameters(modules: Modules) -> Iterable[nn.Parameter]:
     if isinstance(modules, nn.Module):
         return modules.parameters()

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from ..fast_backward import amp_backward, amp_forward, fast_backward_params
+from ..fast_backward import amp_backward, amp_forward, fast_backward_params, is_plain_layer
 from ..pointwise import PointwiseConv2d
 
 
@@ -50,14 +50,10 @@ def attention_pool(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 
 def _has_fast_backward(conv: nn.Module) -> bool:
-    """Whether :class:`_AttentionPool`'s backward is the gradient of ``conv``: exactly a
-    :class:`PointwiseConv2d` without bias, with no hook that could see or change its call
-    (a pruning mask, an observer; a swapped or wrapped layer has another type)."""
-    return (type(conv) is PointwiseConv2d and conv.bias is None
-            and not (conv._forward_pre_hooks or conv._forward_hooks
-                     or conv._backward_pre_hooks or conv._backward_hooks
-                     or nn.modules.module._global_forward_pre_hooks
-                     or nn.modules.module._global_forward_hooks))
+    """Whether :class:`_AttentionPool`'s backward is the gradient of ``conv``: a plain
+    :class:`PointwiseConv2d` without bias (:func:`~cvattn_mm.attention.fast_backward.
+    is_plain_layer`)."""
+    return is_plain_layer(conv, PointwiseConv2d) and conv.bias is None
 
 
 def _pool(xf: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
