@@ -10,6 +10,8 @@ Peers: timm (``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``,
 ``SelectiveKernel``, ``NonLocalAttn``, ``CoordAttn``), mmcv (``ContextBlock``,
 ``NonLocal2d``) and lucidrains' ``deformable-attention`` (``DeformableAttention2D``).
 timm's ``GatherExcite`` and mmcv's ``CrissCrossAttention`` have no counterpart here.
+Modules without a package peer have a reference instead (:mod:`.references`, a Peer whose
+package is torch); :func:`peers_of` lists both.
 """
 import contextlib
 import importlib
@@ -95,9 +97,16 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+def all_peers() -> List[Peer]:
+    """The package peers (``PEERS``), then the references of the modules without one
+    (:data:`cvattn_mm.analysis.references.REFERENCES`)."""
+    from .references import REFERENCES  # references are Peers: imported late
+    return PEERS + REFERENCES
+
+
 def peers_of(module: str) -> List[Peer]:
-    """The peers of our module ``module`` (a registry name)."""
-    return [p for p in PEERS if p.module == module]
+    """The peers of our module ``module`` (a registry name), references included."""
+    return [p for p in all_peers() if p.module == module]
 
 
 def _renamed(state: State, renames: Dict[str, str]) -> State:

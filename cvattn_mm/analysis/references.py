@@ -1,0 +1,639 @@
+"""References: the paper's equations in plain autograd ops, for modules without a package peer.
+
+A reference is a :class:`~cvattn_mm.analysis.peers.Peer` whose package is torch: a small
+``nn.Module`` written for the benchmark from the paper's equations, its ops laid out as the
+official code computes them (the file is named in each class's docstring; no code is taken
+from it), and a ``state`` function that maps our module's state dict onto it, so that the two
+compute the same function (``tests/analysis/test_references.py``). The benchmark times each
+module side by side with its reference, so that every module has a ratio.
+"""
+from typing import List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .peers import Peer, State
+
+
+def reference(module: str, official: str, build, state, **options) -> Peer:
+    """A reference: a :class:`Peer` named ``'reference <official>'`` whose package is torch.
+
+    Args:
+        module (str): Registry name of our module.
+        official (str): The official repository and file the reference follows.
+        build, state: As :class:`Peer`'s.
+        options: The other fields of :class:`Peer` (``ours_cfg``, ``differences``, ...).
+    """
+    return Peer(module, f'reference {official}', 'torch', build, state, **options)
+
+
+def _require(condition: bool, ours: nn.Module, what: str) -> None:
+    if not condition:
+        raise ValueError(f'the reference of {type(ours).__name__} follows the official code: '
+                         f'it needs {what}')
+
+
+def _batch_norm(cls, norm: nn.Module, channels: int) -> nn.Module:
+    """A ``cls`` batch norm with the eps and momentum of our ``norm``."""
+    return cls(channels, eps=norm.eps, momentum=norm.momentum)
+
+
+def _is_bn(norm: nn.Module) -> bool:
+    return type(norm) is nn.BatchNorm2d
+
+
+def _prefixed(state: State, old: str, new: str) -> State:
+    """The entries of ``state`` under ``old`` renamed to ``new``."""
+    return {new + k[len(old):]: v for k, v in state.items() if k.startswith(old)}
+
+
+def _flat(weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv weight (out, in, 1, 1) as a linear weight (out, in)."""
+    return weight.flatten(1)
+
+
+# --- BAM -------------------------------------------------------------------------------
+
+
+class BAMReference(nn.Module):
+    """BAM as in the official ``Jongchan/attention-module``, ``MODELS/bam.py``.
+
+    Channel gate: the pooled vector through Linear (biased) -> BatchNorm1d -> ReLU -> Linear,
+    expanded to the input's size; spatial gate: 1x1 conv -> BN -> ReLU, ``n`` dilated 3x3
+    convs -> BN -> ReLU, a final 1x1 conv to one channel, expanded likewise;
+    ``y = (1 + sigmoid(channel * spatial)) * x``.
+
+    Args:
+        channels (int): C.
+        hidden (int): The bottleneck width C/r.
+        num_dilated (int): Dilated 3x3 convs.
+        dilation (int): Their dilation and padding.
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, channels: int, hidden: int, num_dilated: int, dilation: int,
+                 norm: nn.Module):
+        super().__init__()
+        self.channel_gate = nn.Sequential(
+            nn.Linear(channels, hidden), _batch_norm(nn.BatchNorm1d, norm, hidden), nn.ReLU(),
+            nn.Linear(hidden, channels))
+        layers = [nn.Conv2d(channels, hidden, 1), _batch_norm(nn.BatchNorm2d, norm, hidden),
+                  nn.ReLU()]
+        for _ in range(num_dilated):
+            layers += [nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation),
+                       _batch_norm(nn.BatchNorm2d, norm, hidden), nn.ReLU()]
+        self.spatial_gate = nn.Sequential(*layers, nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The official pools with an H x H window (square maps); a full (H, W) window here.
+        pooled = F.avg_pool2d(x, x.shape[2:]).flatten(1)
+        channel = self.channel_gate(pooled)[:, :, None, None].expand_as(x)
+        spatial = self.spatial_gate(x).expand_as(x)
+        return (1 + torch.sigmoid(channel * spatial)) * x
+
+
+def _bam(ours):
+    _require(ours.fusion == 'mul', ours, "fusion='mul'")
+    _require(_is_bn(ours.channel_norm) and type(ours.channel_act) is nn.ReLU, ours,
+             'BN and ReLU')
+    hidden = ours.state_dict()['channel_fc1.weight'].shape[0]
+    return BAMReference(ours.in_channels, hidden, ours.num_dilated, ours.dilation,
+                        ours.channel_norm)
+
+
+def _bam_state(ours):
+    ours_state = ours.state_dict()
+    hidden = ours_state['channel_fc1.weight'].shape[0]
+    state = {'channel_gate.0.weight': _flat(ours_state['channel_fc1.weight']),
+             'channel_gate.0.bias': ours_state['channel_fc1.weight'].new_zeros(hidden),
+             'channel_gate.3.weight': _flat(ours_state['channel_fc2.weight']),
+             'channel_gate.3.bias': ours_state['channel_fc2.bias']}
+    state.update(_prefixed(ours_state, 'channel_norm.', 'channel_gate.1.'))
+    for i in range(ours.num_dilated + 1):  # conv, BN, ReLU per layer; no bias in ours
+        weight = ours_state[f'spatial_convs.{i}.weight']
+        state[f'spatial_gate.{3 * i}.weight'] = weight
+        state[f'spatial_gate.{3 * i}.bias'] = weight.new_zeros(hidden)
+        state.update(_prefixed(ours_state, f'spatial_norms.{i}.', f'spatial_gate.{3 * i + 1}.'))
+    last = 3 * (ours.num_dilated + 1)
+    state.update(_prefixed(ours_state, 'spatial_out.', f'spatial_gate.{last}.'))
+    return state
+
+
+# --- SCSE ------------------------------------------------------------------------------
+
+
+class SCSEReference(nn.Module):
+    """scSE as in the official ``ai-med/squeeze_and_excitation``,
+    ``squeeze_and_excitation/squeeze_and_excitation.py`` (``ChannelSpatialSELayer``).
+
+    cSE: the mean over positions through Linear -> ReLU -> Linear -> sigmoid, times x; sSE: a
+    biased 1x1 conv C -> 1, sigmoid, times x; ``y = max(cSE, sSE)``.
+
+    Args:
+        channels (int): C.
+        hidden (int): The cSE bottleneck width C/r.
+    """
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+        self.spatial_conv = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        squeezed = x.reshape(n, c, -1).mean(2)
+        channel = x * torch.sigmoid(self.fc2(torch.relu(self.fc1(squeezed)))).view(n, c, 1, 1)
+        spatial = x * torch.sigmoid(self.spatial_conv(x))
+        return torch.max(channel, spatial)
+
+
+def _scse(ours):
+    _require(ours.combination == 'max' and type(ours.act) is nn.ReLU, ours,
+             "combination='max' and ReLU")
+    return SCSEReference(ours.in_channels, ours.state_dict()['fc1.weight'].shape[0])
+
+
+def _scse_state(ours):
+    state = ours.state_dict()
+    return {'fc1.weight': _flat(state['fc1.weight']), 'fc1.bias': state['fc1.bias'],
+            'fc2.weight': _flat(state['fc2.weight']), 'fc2.bias': state['fc2.bias'],
+            'spatial_conv.weight': state['spatial_conv.weight'],
+            'spatial_conv.bias': state['spatial_conv.bias']}
+
+
+# --- SimAM -----------------------------------------------------------------------------
+
+
+class SimAMReference(nn.Module):
+    """SimAM as in the official ``ZjjConan/SimAM``,
+    ``mmdetection/mmdet/models/backbones/attentions/simam_module.py``.
+
+    With ``n = H W - 1`` and ``d = (x - mean)^2`` per channel,
+    ``y = x * sigmoid(d / (4 (sum(d) / n + lambda)) + 0.5)``.
+
+    Args:
+        e_lambda (float): The regulariser lambda.
+    """
+
+    def __init__(self, e_lambda: float):
+        super().__init__()
+        self.e_lambda = e_lambda
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[2] * x.shape[3] - 1
+        d = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+        energy = d / (4 * (d.sum(dim=(2, 3), keepdim=True) / n + self.e_lambda)) + 0.5
+        return x * torch.sigmoid(energy)
+
+
+def _one_position(ours, shape):
+    if shape[2] * shape[3] == 1:
+        return 'a 1x1 map: the official code divides 0 by H W - 1 = 0 (NaN)'
+    return None
+
+
+# --- TripletAttention ------------------------------------------------------------------
+
+
+class _ZPoolGate(nn.Module):
+    """One branch of the official Triplet Attention: ``x * sigmoid(BN(conv([max; mean])))``
+    with the pools over dim 1 of ``x``."""
+
+    def __init__(self, kernel_size: int, norm: nn.Module):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = _batch_norm(nn.BatchNorm2d, norm, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), 1)
+        return x * torch.sigmoid_(self.bn(self.conv(pooled)))
+
+
+class TripletAttentionReference(nn.Module):
+    """Triplet Attention as in the official ``landskape-ai/triplet-attention``,
+    ``triplet_attention.py``.
+
+    The (C, W) branch gates x permuted to (N, H, C, W) (pooled over H), the (H, C) branch x
+    permuted to (N, W, H, C) (pooled over W), each permuted back to contiguous (N, C, H, W);
+    the (H, W) branch gates x itself; ``y`` is their mean.
+
+    Args:
+        kernel_size (int): k of the three convs.
+        no_spatial (bool): Without the (H, W) branch.
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, kernel_size: int, no_spatial: bool, norm: nn.Module):
+        super().__init__()
+        self.cw = _ZPoolGate(kernel_size, norm)
+        self.hc = _ZPoolGate(kernel_size, norm)
+        self.hw = None if no_spatial else _ZPoolGate(kernel_size, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_cw = self.cw(x.permute(0, 2, 1, 3).contiguous()).permute(0, 2, 1, 3).contiguous()
+        out_hc = self.hc(x.permute(0, 3, 2, 1).contiguous()).permute(0, 3, 2, 1).contiguous()
+        if self.hw is None:
+            return (out_cw + out_hc) / 2
+        return (self.hw(x) + out_cw + out_hc) / 3
+
+
+def _triplet(ours):
+    _require(_is_bn(ours.bn_cw), ours, 'BN')
+    return TripletAttentionReference(ours.kernel_size, ours.no_spatial, ours.bn_cw)
+
+
+def _triplet_state(ours):
+    state = {}
+    for branch in ('cw', 'hc', 'hw'):
+        state.update(_prefixed(ours.state_dict(), f'conv_{branch}.', f'{branch}.conv.'))
+        state.update(_prefixed(ours.state_dict(), f'bn_{branch}.', f'{branch}.bn.'))
+    return state
+
+
+# --- SimplifiedNonLocal ----------------------------------------------------------------
+
+
+class SimplifiedNonLocalReference(nn.Module):
+    """The simplified non-local block as GCNet's official ``xvjiarui/GCNet``,
+    ``mmdet/ops/ct/context_block.py`` computes its attention pooling (``spatial_pool``,
+    ``pool='att'``), followed by one biased 1x1 conv ``W_v`` (the paper's eq. 2) and added.
+
+    The pooling: a biased 1x1 conv C -> 1, a softmax over the H W positions, and the matmul
+    of x as (N, 1, C, HW) with the weights as (N, 1, HW, 1).
+
+    Args:
+        channels (int): C.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv_mask = nn.Conv2d(channels, 1, 1)
+        self.softmax = nn.Softmax(dim=2)
+        self.value_conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        weights = self.softmax(self.conv_mask(x).view(n, 1, h * w)).unsqueeze(3)
+        context = torch.matmul(x.view(n, 1, c, h * w), weights).view(n, c, 1, 1)
+        return x + self.value_conv(context)
+
+
+def _snl_state(ours):
+    state = dict(ours.state_dict())
+    state['conv_mask.bias'] = state['conv_mask.weight'].new_zeros(1)  # a softmax cancels it
+    return state
+
+
+# --- SCSA ------------------------------------------------------------------------------
+
+
+class SCSAReference(nn.Module):
+    """SCSA as in the official ``HZAI-ZJNU/SCSA``, ``mmpretrain/models/attentions/SCSA.py``.
+
+    SMSA: the row and column means, split into 4 channel groups, each through its own
+    depthwise Conv1d (biased, kernel ``k_g``), concatenated, GroupNorm(4), gate; ``x' = x *
+    a_h * a_w``. PCSA: AvgPool2d/MaxPool2d(ws, stride ws) (AdaptiveAvgPool2d(1) for
+    ``ws = -1``), GroupNorm(1), depthwise 1x1 Conv2d q, k, v, per head ``softmax(q k^T /
+    sqrt(d))`` over the channels, dropout, ``@ v``, the mean over positions, gate, times x'.
+
+    Args:
+        channels (int): C.
+        head_num (int): Heads.
+        window_size (int): Pooling window and stride; -1 for global average pooling.
+        group_kernel_sizes (tuple): The 4 kernel sizes.
+        qkv_bias (bool): Biased q, k, v.
+        max_pool (bool): Max instead of average pooling.
+        attn_drop_ratio (float): Dropout on the attention matrix.
+        softmax_gate (bool): Softmax gates instead of sigmoids.
+    """
+
+    def __init__(self, channels: int, head_num: int, window_size: int, group_kernel_sizes,
+                 qkv_bias: bool, max_pool: bool, attn_drop_ratio: float, softmax_gate: bool):
+        super().__init__()
+        self.group = channels // 4
+        self.head_num = head_num
+        self.scale = (channels // head_num)**-0.5
+        self.softmax_gate = softmax_gate
+        self.dwcs = nn.ModuleList(
+            nn.Conv1d(self.group, self.group, k, padding=k // 2, groups=self.group)
+            for k in group_kernel_sizes)
+        self.norm_h = nn.GroupNorm(4, channels)
+        self.norm_w = nn.GroupNorm(4, channels)
+        if window_size == -1:
+            self.down = nn.AdaptiveAvgPool2d((1, 1))
+        else:
+            self.down = (nn.MaxPool2d if max_pool else nn.AvgPool2d)(window_size, window_size)
+        self.norm = nn.GroupNorm(1, channels)
+        self.q, self.k, self.v = (
+            nn.Conv2d(channels, channels, 1, bias=qkv_bias, groups=channels) for _ in range(3))
+        self.attn_drop = nn.Dropout(attn_drop_ratio)
+
+    def _gate(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return x.softmax(dim) if self.softmax_gate else torch.sigmoid(x)
+
+    def _axis_gate(self, means: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        groups = torch.split(means, self.group, dim=1)
+        return self._gate(norm(torch.cat([dwc(g) for dwc, g in zip(self.dwcs, groups)], 1)), 2)
+
+    def _heads(self, y: torch.Tensor) -> torch.Tensor:
+        n, c = y.shape[:2]
+        return y.reshape(n, self.head_num, c // self.head_num, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        a_h = self._axis_gate(x.mean(dim=3), self.norm_h).view(n, c, h, 1)
+        a_w = self._axis_gate(x.mean(dim=2), self.norm_w).view(n, c, 1, w)
+        x = x * a_h * a_w
+        y = self.norm(self.down(x))
+        q, k, v = (self._heads(proj(y)) for proj in (self.q, self.k, self.v))
+        attn = self.attn_drop((q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1))
+        out = (attn @ v).reshape(n, c, *y.shape[2:]).mean((2, 3), keepdim=True)
+        return self._gate(out, 1) * x
+
+
+def _scsa(ours):
+    mode = ours.down_sample_mode
+    _require(mode != 'recombination' and not (ours.window_size == -1 and mode == 'max_pool'),
+             ours, "'avg_pool' or 'max_pool' down-sampling ('max_pool' with a finite window; "
+             "the official 'recombination' calls an undefined method)")
+    return SCSAReference(ours.in_channels, ours.head_num, ours.window_size,
+                         ours.group_kernel_sizes, ours.qkv_bias is not None, mode == 'max_pool',
+                         ours.attn_drop_ratio, ours.gate_layer == 'softmax')
+
+
+def _scsa_state(ours):
+    ours_state = ours.state_dict()
+    group = ours.in_channels // 4
+    weight, bias = ours_state['smsa_weight'], ours_state['smsa_bias']
+    state, offset = {}, 0
+    for i, k in enumerate(ours.group_kernel_sizes):  # flat in the official conv order
+        state[f'dwcs.{i}.weight'] = weight[offset:offset + group * k].view(group, 1, k)
+        state[f'dwcs.{i}.bias'] = bias[i * group:(i + 1) * group]
+        offset += group * k
+    for norm in ('norm_h.', 'norm_w.', 'norm.'):
+        state.update(_prefixed(ours_state, norm, norm))
+    for i, name in enumerate('qkv'):
+        state[f'{name}.weight'] = ours_state['qkv_weight'][i].view(-1, 1, 1, 1)
+        if 'qkv_bias' in ours_state:
+            state[f'{name}.bias'] = ours_state['qkv_bias'][i]
+    return state
+
+
+def _scsa_incomparable(ours, shape):
+    ws = ours.window_size
+    if ws != -1 and min(shape[2:]) < ws:
+        return (f'a {shape[2]}x{shape[3]} map is smaller than the {ws}x{ws} window: the '
+                'official pooling fails (ours clips the window)')
+    return None
+
+
+# --- ExternalAttention -----------------------------------------------------------------
+
+
+class ExternalAttentionReference(nn.Module):
+    """External attention as the official ``MenghaoGuo/EANet``, ``model_torch.py``
+    (``External_attention``).
+
+    A biased 1x1 conv, the map as (N, C, HW), ``linear_0`` (Conv1d C -> S), softmax over the
+    positions, division by the sum over the S slots (``+ 1e-9``), ``linear_1`` (Conv1d
+    S -> C), a 1x1 conv and BN, the input added, ReLU.
+
+    Args:
+        channels (int): C.
+        memory_size (int): S.
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, channels: int, memory_size: int, norm: nn.Module):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.linear_0 = nn.Conv1d(channels, memory_size, 1, bias=False)
+        self.linear_1 = nn.Conv1d(memory_size, channels, 1, bias=False)
+        self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False),
+                                   _batch_norm(nn.BatchNorm2d, norm, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        x = self.conv1(x)
+        n, c, h, w = x.shape
+        attn = F.softmax(self.linear_0(x.view(n, c, h * w)), dim=-1)
+        attn = attn / (1e-9 + attn.sum(dim=1, keepdim=True))
+        x = self.conv2(self.linear_1(attn).view(n, c, h, w))
+        return F.relu(x + identity)
+
+
+def _external_attention(ours):
+    _require(ours.norm is not None and _is_bn(ours.norm), ours, 'a BN after conv2')
+    return ExternalAttentionReference(ours.in_channels, ours.memory_size, ours.norm)
+
+
+def _external_attention_state(ours):
+    ours_state = ours.state_dict()
+    state = _prefixed(ours_state, 'conv1.', 'conv1.')
+    state['linear_0.weight'] = ours_state['memory_key.weight']
+    state['linear_1.weight'] = ours_state['memory_value.weight']
+    state['conv2.0.weight'] = ours_state['conv2.weight']
+    state.update(_prefixed(ours_state, 'norm.', 'conv2.1.'))
+    return state
+
+
+# --- MultiHeadExternalAttention --------------------------------------------------------
+
+
+class MultiHeadExternalAttentionReference(nn.Module):
+    """Multi-head external attention as the official ``MenghaoGuo/EANet``,
+    ``multi_head_attention_torch.py`` (``Attention``), on the (N, HW, C) tokens of the map.
+
+    Tokens through ``trans_dims`` (C -> a C), viewed as (N, a heads, L, d); ``linear_0``
+    (d -> S), softmax over the L tokens, division by the sum over S (``+ 1e-9``), dropout,
+    ``linear_1`` (S -> d), heads concatenated, ``proj`` (a C -> C), dropout; back to NCHW.
+
+    Args:
+        channels (int): C.
+        total_heads (int): ``coef * num_heads``.
+        coef (int): The width expansion a.
+        memory_size (int): S.
+        attn_drop (float): Dropout on the attention map.
+        proj_drop (float): Dropout after the projection.
+    """
+
+    def __init__(self, channels: int, total_heads: int, coef: int, memory_size: int,
+                 attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.total_heads = total_heads
+        head_dim = channels * coef // total_heads
+        self.trans_dims = nn.Linear(channels, channels * coef)
+        self.linear_0 = nn.Linear(head_dim, memory_size)
+        self.linear_1 = nn.Linear(memory_size, head_dim)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(channels * coef, channels)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (N, L, C)
+        e = self.trans_dims(tokens).view(n, h * w, self.total_heads, -1).permute(0, 2, 1, 3)
+        attn = self.linear_0(e).softmax(dim=-2)
+        attn = self.attn_drop(attn / (1e-9 + attn.sum(dim=-1, keepdim=True)))
+        y = self.linear_1(attn).permute(0, 2, 1, 3).reshape(n, h * w, -1)
+        y = self.proj_drop(self.proj(y))
+        return y.transpose(1, 2).reshape(n, c, h, w)
+
+
+def _mhea(ours):
+    return MultiHeadExternalAttentionReference(ours.in_channels, ours.total_heads, ours.coef,
+                                               ours.memory_size, ours.attn_drop.p,
+                                               ours.proj_drop.p)
+
+
+def _mhea_state(ours):
+    return {key.replace('memory_key.', 'linear_0.').replace('memory_value.', 'linear_1.'): value
+            for key, value in ours.state_dict().items()}
+
+
+# --- PooledSelfAttention ---------------------------------------------------------------
+
+
+class PooledSelfAttentionReference(nn.Module):
+    """Pooled self-attention as STANet's official ``justchenhao/STANet``, ``models/BAM.py``.
+
+    ``AvgPool2d(ds)``; query, key (C -> d) and value (C -> C) biased 1x1 convs; energy
+    ``q^T k / sqrt(d)`` by ``bmm``, softmax over the keys, ``v @ attention^T`` by ``bmm``;
+    nearest ``F.interpolate`` by ds; the input added. The pooling uses ``ceil_mode`` and the
+    upsampled map is cropped to H x W: no-ops where ds divides H and W, the only sizes the
+    official code runs, so other sizes are compared too.
+
+    Args:
+        channels (int): C.
+        key_channels (int): d.
+        ds (int): The pooling factor.
+    """
+
+    def __init__(self, channels: int, key_channels: int, ds: int):
+        super().__init__()
+        self.ds = ds
+        self.scale = key_channels**-0.5
+        self.pool = nn.AvgPool2d(ds, ceil_mode=True)
+        self.query_conv = nn.Conv2d(channels, key_channels, 1)
+        self.key_conv = nn.Conv2d(channels, key_channels, 1)
+        self.value_conv = nn.Conv2d(channels, channels, 1)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pool(x)
+        n, c, ph, pw = p.shape
+        query = self.query_conv(p).view(n, -1, ph * pw).permute(0, 2, 1)
+        key = self.key_conv(p).view(n, -1, ph * pw)
+        attention = self.softmax(self.scale * torch.bmm(query, key))
+        value = self.value_conv(p).view(n, -1, ph * pw)
+        out = torch.bmm(value, attention.permute(0, 2, 1)).view(n, c, ph, pw)
+        out = F.interpolate(out, [ph * self.ds, pw * self.ds])
+        return out[:, :, :x.shape[2], :x.shape[3]] + x
+
+
+def _pooled_self_attention(ours):
+    return PooledSelfAttentionReference(ours.in_channels, ours.key_channels, ours.ds)
+
+
+def _pooled_self_attention_state(ours):
+    ours_state = ours.state_dict()
+    d = ours.key_channels
+    weight, bias, gamma = ours_state['qkv.weight'], ours_state['qkv.bias'], ours_state['gamma']
+    state = {}
+    for name, rows in (('query_conv', slice(0, d)), ('key_conv', slice(d, 2 * d))):
+        state[f'{name}.weight'], state[f'{name}.bias'] = weight[rows], bias[rows]
+    # Ours scales the attention output by gamma: the same as a value conv scaled by gamma
+    # (the softmax weights sum to 1).
+    state['value_conv.weight'] = weight[2 * d:] * gamma
+    state['value_conv.bias'] = bias[2 * d:] * gamma
+    return state
+
+
+# --- SRM -------------------------------------------------------------------------------
+
+
+class SRMReference(nn.Module):
+    """SRM as in the official ``hyunjaelee410/style-based-recalibration-module``,
+    ``models/recalibration_modules.py`` (``SRMLayer``).
+
+    Style pooling: the channel means and unbiased standard deviations (``std``),
+    concatenated to (N, C, 2); integration: times ``cfc`` (C, 2), summed, BatchNorm2d,
+    sigmoid; times x.
+
+    Args:
+        channels (int): C.
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, channels: int, norm: nn.Module):
+        super().__init__()
+        self.cfc = nn.Parameter(torch.zeros(channels, 2))
+        self.bn = _batch_norm(nn.BatchNorm2d, norm, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        flat = x.view(n, c, -1)
+        style = torch.cat((flat.mean(dim=2).view(n, c, -1), flat.std(dim=2).view(n, c, -1)), 2)
+        z = torch.sum(style * self.cfc[None], dim=2)[:, :, None, None]
+        return x * torch.sigmoid(self.bn(z))
+
+
+def _srm(ours):
+    _require(ours.eps == 0 and ours.variance == 'unbiased' and _is_bn(ours.bn), ours,
+             "eps=0, variance='unbiased' and BN")
+    return SRMReference(ours.in_channels, ours.bn)
+
+
+REFERENCES: List[Peer] = [
+    reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
+              ours_cfg=lambda c: dict(fusion='mul'),
+              differences="The pair builds ours with fusion='mul' (the official code; ours "
+              "defaults to the paper's 'add'). The official Linear/convs before a BN have "
+              'biases, ours none (set to zero). The official code pools with an H x H window '
+              '(wrong on non-square maps); the reference with the full H x W window.'),
+    reference('SCSE', 'ai-med/squeeze_and_excitation squeeze_and_excitation.py', _scse,
+              _scse_state,
+              differences='The same math as our defaults (max, r = 2); the official cSE '
+              'layers are nn.Linear on the pooled vector, ours 1x1 convs (weights reshaped).'),
+    reference('SimAM', 'ZjjConan/SimAM simam_module.py',
+              lambda ours: SimAMReference(ours.e_lambda), lambda ours: {},
+              differences='The same math (lambda = 1e-4 in both by default); on a 1x1 map the '
+              'official code gives NaN, ours x * sigmoid(0.5).',
+              incomparable=_one_position),
+    reference('TripletAttention', 'landskape-ai/triplet-attention triplet_attention.py',
+              _triplet, _triplet_state,
+              differences='The same math; the official code permutes x into contiguous copies '
+              'for two branches and permutes their outputs back, ours pools x in place.'),
+    reference('SimplifiedNonLocal', 'xvjiarui/GCNet context_block.py',
+              lambda ours: SimplifiedNonLocalReference(ours.in_channels), _snl_state,
+              differences="GCNet's attention pooling (its score conv's bias, which the softmax "
+              'cancels, set to zero), then one biased 1x1 conv C -> C, added (eq. 2).'),
+    reference('SCSA', 'HZAI-ZJNU/SCSA SCSA.py', _scsa, _scsa_state,
+              differences='The official code has four depthwise Conv1d and three depthwise 1x1 '
+              'Conv2d (q, k, v); ours one zero-padded depthwise conv and per-channel scales '
+              '(weights reshaped). A map smaller than the window fails in the official code.',
+              incomparable=_scsa_incomparable),
+    reference('ExternalAttention', 'MenghaoGuo/EANet model_torch.py', _external_attention,
+              _external_attention_state,
+              differences='The same math and layers (the official BN is synchronised, here '
+              "nn.BatchNorm2d with ours' eps and momentum); the official M_v shares storage "
+              'with M_k (tied), ours is a separate parameter (copied as it is).'),
+    reference('MultiHeadExternalAttention', 'MenghaoGuo/EANet multi_head_attention_torch.py',
+              _mhea, _mhea_state,
+              differences='The official module takes (B, L, C) tokens: the reference converts '
+              'the NCHW map to tokens and back (two transposed copies it times too).'),
+    reference('PooledSelfAttention', 'justchenhao/STANet models/BAM.py',
+              _pooled_self_attention, _pooled_self_attention_state,
+              differences='The official code defines gamma but adds the attention output '
+              'unscaled; the copy folds our gamma into the value conv (the same function). It '
+              'pools with floor and upsamples by ds (H, W multiples of ds only); the '
+              'reference pools with ceil_mode and crops, as ours, which changes nothing there.'),
+    reference('SRM', 'hyunjaelee410/style-based-recalibration-module recalibration_modules.py',
+              _srm, lambda ours: dict(ours.state_dict()),
+              ours_cfg=lambda c: dict(eps=0.),
+              differences='The pair builds ours with eps=0 (the official std has no eps; ours '
+              'defaults to sqrt(var + 1e-5)). On a 1x1 map the official code gives NaN.',
+              incomparable=_one_position),
+]
