@@ -2,7 +2,8 @@
 
 Each ``benchmark_*`` function measures one case and returns a JSON-serialisable dict:
 
-* latency: wall-clock time per call, after ``warmup`` untimed calls; the median of
+* latency: wall-clock time per call, after ``warmup`` untimed calls (on an accelerator the
+  clock is read after synchronising the device); the median of
   ``repeats`` calls with its spread (quartiles, min, max), in milliseconds; optionally
   fewer calls for slow cases (a time budget, :class:`Timing`). Forward runs in
   eval mode under ``no_grad``; forward+backward in train mode, back-propagating to the input
@@ -10,13 +11,17 @@ Each ``benchmark_*`` function measures one case and returns a JSON-serialisable 
   and without attention) are timed interleaved, call by call, so that a change of load on
   a shared CPU affects them alike.
 * peak memory: the highest number of bytes held by tensors allocated during one
-  forward+backward, from the allocation records of the torch profiler
-  (``profile_memory=True``), summed in time order; the inputs and weights, allocated
-  before, are not included.
+  forward+backward; the inputs and weights, allocated before, are not included. On the
+  CPU from the allocation records of the torch profiler (``profile_memory=True``), summed
+  in time order; on CUDA (and other accelerators) from ``max_memory_allocated``, reset
+  before each measurement, minus the bytes allocated before it.
 * parameters and FLOPs: :mod:`cvattn_mm.analysis.complexity` (mmengine's count).
 
 A case whose memory would exceed a budget is skipped: a forward at batch size 1 is
 measured first and scaled to the batch (a lower bound of the forward+backward's peak).
+
+Modules, peers, inputs and models live on the ``device`` given to each function (default
+CPU); :mod:`cvattn_mm.analysis.device` checks it exists.
 """
 import functools
 import statistics
@@ -31,6 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 from ..insertion import insert_attention
 from ..registry import MODELS
 from .complexity import count_flops, count_params
+from .device import DeviceLike, peak_memory_since_reset, reset_peak_memory, synchronize
 from .peers import Peer, build_pair, copy_weights, randomize
 
 MB = 2**20
@@ -67,39 +73,53 @@ def summarize(seconds: Sequence[float]) -> Dict[str, float]:
 
 
 def time_interleaved(fns: Sequence[Callable[[], None]], repeats: int, warmup: int,
-                     max_seconds: Optional[float] = None) -> List[Dict[str, float]]:
+                     max_seconds: Optional[float] = None,
+                     device: DeviceLike = 'cpu') -> List[Dict[str, float]]:
     """Time each callable ``repeats`` times, alternating between them, after ``warmup``
     untimed rounds; one :func:`summarize` per callable.
 
     With ``max_seconds``, the warm-up stops after the round that reaches that time (one
-    round at least), and so does the timing (``min(3, repeats)`` rounds at least).
+    round at least), and so does the timing (``min(3, repeats)`` rounds at least). On an
+    accelerator ``device``, the clock is read after synchronising it (queued work done).
     """
-    start = time.perf_counter()
+    device = torch.device(device)
+
+    def clock():
+        synchronize(device)
+        return time.perf_counter()
+
+    start = clock()
     for _ in range(warmup):
         for fn in fns:
             fn()
-        if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+        if max_seconds is not None and clock() - start >= max_seconds:
             break
-    start = time.perf_counter()
+    start = clock()
     seconds = [[] for _ in fns]
     for i in range(repeats):
         for fn, times in zip(fns, seconds):
-            begin = time.perf_counter()
+            begin = clock()
             fn()
-            times.append(time.perf_counter() - begin)
+            times.append(clock() - begin)
         if (max_seconds is not None and i + 1 >= min(3, repeats)
                 and time.perf_counter() - start >= max_seconds):
             break
     return [summarize(times) for times in seconds]
 
 
-def peak_memory(fn: Callable[[], None]) -> int:
-    """Peak bytes of the tensors allocated (and not yet freed) while ``fn`` runs.
+def peak_memory(fn: Callable[[], None], device: DeviceLike = 'cpu') -> int:
+    """Peak bytes of the tensors allocated (and not yet freed) while ``fn`` runs on ``device``.
 
-    The profiler also records the release of blocks allocated during an earlier profiling
-    session; ``fn`` should not free tensors that it did not allocate (they would lower
-    the count).
+    On the CPU, from the profiler's allocation records. The profiler also records the
+    release of blocks allocated during an earlier profiling session; ``fn`` should not free
+    tensors that it did not allocate (they would lower the count). On an accelerator, the
+    peak of ``max_memory_allocated`` (reset first) above the bytes allocated before ``fn``.
     """
+    device = torch.device(device)
+    if device.type != 'cpu':
+        before = reset_peak_memory(device)
+        fn()
+        return peak_memory_since_reset(device) - before
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     records = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
@@ -152,29 +172,31 @@ def _measure(modules: Sequence[nn.Module], x: torch.Tensor, timing: Timing,
     for m in modules:
         _set_mode(m, False)
     fwd = time_interleaved([forward_fn(m, x) for m in modules], timing.repeats, timing.warmup,
-                           timing.max_seconds)
+                           timing.max_seconds, x.device)
     for m in modules:
         _set_mode(m, True)
     fwd_bwd_fns = [forward_backward_fn(m, x, input_grad) for m in modules]
-    fwd_bwd = time_interleaved(fwd_bwd_fns, timing.repeats, timing.warmup, timing.max_seconds)
+    fwd_bwd = time_interleaved(fwd_bwd_fns, timing.repeats, timing.warmup, timing.max_seconds,
+                               x.device)
     for result, f, fb, fn in zip(results, fwd, fwd_bwd, fwd_bwd_fns):
-        result.update(forward_ms=f, forward_backward_ms=fb, peak_memory_mb=peak_memory(fn) / MB)
+        result.update(forward_ms=f, forward_backward_ms=fb,
+                      peak_memory_mb=peak_memory(fn, x.device) / MB)
     return results
 
 
 def memory_guard(modules: Sequence[nn.Module], shape: Sequence[int],
-                 max_memory_gb: Optional[float]) -> Optional[str]:
-    """Why ``modules`` would exceed ``max_memory_gb`` at ``shape``, or None.
+                 max_memory_gb: Optional[float], device: DeviceLike = 'cpu') -> Optional[str]:
+    """Why ``modules`` (on ``device``) would exceed ``max_memory_gb`` at ``shape``, or None.
 
     The peak memory of a forward at batch size 1 (eval, no autograd) times the batch size
     bounds the forward+backward's peak from below.
     """
     if max_memory_gb is None:
         return None
-    x = torch.randn(1, *shape[1:])
+    x = torch.randn(1, *shape[1:], device=device)
     for m in modules:
         _set_mode(m, False)
-        estimate = peak_memory(forward_fn(m, x)) * shape[0] / 2**30
+        estimate = peak_memory(forward_fn(m, x), device) * shape[0] / 2**30
         if estimate > max_memory_gb:
             return (f'{type(m).__name__}: a forward at batch size 1 holds '
                     f'{estimate / shape[0]:.2f} GiB, so N={shape[0]} needs more than '
@@ -182,14 +204,15 @@ def memory_guard(modules: Sequence[nn.Module], shape: Sequence[int],
     return None
 
 
-def _input(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+def _input(shape: Sequence[int], device: DeviceLike = 'cpu', seed: int = 0) -> torch.Tensor:
+    """The same values on every device (drawn on the CPU)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def benchmark_module(name: str, shape: Sequence[int], timing: Timing = Timing(),
-                     **cfg) -> dict:
+                     device: DeviceLike = 'cpu', **cfg) -> dict:
     """One registered attention module (default hyper-parameters updated by ``cfg``) on
-    an input of ``shape`` (N, C, H, W).
+    an input of ``shape`` (N, C, H, W), both on ``device``.
 
     Returns:
         dict: ``module``, ``shape``, ``status`` ('ok' or 'skipped'), ``reason`` and, when
@@ -197,16 +220,18 @@ def benchmark_module(name: str, shape: Sequence[int], timing: Timing = Timing(),
         :func:`summarize`) and ``peak_memory_mb``.
     """
     record = dict(module=name, shape=list(shape), status='ok', reason=None)
-    module = MODELS.build(dict(type=name, in_channels=shape[1], **cfg))
-    reason = memory_guard([module], shape, timing.max_memory_gb)
+    module = MODELS.build(dict(type=name, in_channels=shape[1], **cfg)).to(device)
+    reason = memory_guard([module], shape, timing.max_memory_gb, device)
     if reason:
         return dict(record, status='skipped', reason=reason)
-    record.update(_measure([module], _input(shape), timing)[0])
+    record.update(_measure([module], _input(shape, device), timing)[0])
     return record
 
 
-def benchmark_peer(peer: Peer, shape: Sequence[int], timing: Timing = Timing()) -> dict:
-    """Our module and its peer side by side at ``shape``, with our weights in the peer.
+def benchmark_peer(peer: Peer, shape: Sequence[int], timing: Timing = Timing(),
+                   device: DeviceLike = 'cpu') -> dict:
+    """Our module and its peer side by side at ``shape`` on ``device``, with our weights in
+    the peer.
 
     Returns:
         dict: ``module``, ``peer``, ``shape``, ``status``, ``reason``, ``ours`` and
@@ -219,11 +244,11 @@ def benchmark_peer(peer: Peer, shape: Sequence[int], timing: Timing = Timing()) 
                   reason=None)
     if not peer.available:
         return dict(record, status='skipped', reason=f'package {peer.package!r} is not installed')
-    ours, theirs = build_pair(peer, shape[1])
-    reason = memory_guard([ours, theirs], shape, timing.max_memory_gb)
+    ours, theirs = (m.to(device) for m in build_pair(peer, shape[1]))
+    reason = memory_guard([ours, theirs], shape, timing.max_memory_gb, device)
     if reason:
         return dict(record, status='skipped', reason=reason)
-    x = _input(shape)
+    x = _input(shape, device)
     record['incomparable'] = peer.incomparable(ours, shape)
     record['max_rel_diff'] = None
     if record['incomparable'] is None:
@@ -248,9 +273,10 @@ def build_resnet(depth: int = 50) -> nn.Module:
 
 
 def benchmark_model(name: str, plain: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224),
-                    depth: int = 50, timing: Timing = Timing()) -> dict:
+                    depth: int = 50, timing: Timing = Timing(),
+                    device: DeviceLike = 'cpu') -> dict:
     """mmpretrain's ResNet with ``name`` inserted at its paper positions, timed interleaved
-    with ``plain`` (the same ResNet without attention).
+    with ``plain`` (the same ResNet without attention, already on ``device``).
 
     Returns:
         dict: ``model``, ``module``, ``input``, ``status``, ``reason``, ``params``,
@@ -258,9 +284,10 @@ def benchmark_model(name: str, plain: nn.Module, input_shape: Sequence[int] = (1
         with attention, ``plain`` (the same for the plain model, measured in this round) and
         ``ratios`` (with attention / plain, for each of them; latencies by their medians).
     """
-    x = _input(input_shape)
-    model = insert_attention(build_resnet(depth), [dict(attention=dict(type=name), at='paper')],
-                             example_inputs=(x, ))
+    x = _input(input_shape, device)
+    model = insert_attention(build_resnet(depth).to(device),
+                             [dict(attention=dict(type=name), at='paper')],
+                             example_inputs=(x, )).to(device)  # the new sites too
     record = dict(model=f'ResNet-{depth}', module=name, input=list(input_shape), status='ok',
                   reason=None)
     ours, base = _measure([model, plain], x, timing, input_grad=False)
@@ -285,10 +312,11 @@ def default_modules() -> List[str]:
 def run_benchmark(modules: Sequence[str], shapes: Sequence[Sequence[int]],
                   timing: Timing = Timing(), peers: bool = True,
                   model_input: Optional[Sequence[int]] = (1, 3, 224, 224),
-                  model_depth: int = 50, progress: Callable = iter) -> dict:
+                  model_depth: int = 50, progress: Callable = iter,
+                  device: DeviceLike = 'cpu') -> dict:
     """Every case of a benchmark: each module at each shape, each available peer of those
     modules side by side at each shape, and (unless ``model_input`` is None) the ResNet
-    with each module at its paper positions.
+    with each module at its paper positions, all on ``device``.
 
     A case that fails is recorded with ``status='error'`` and the exception as ``reason``.
 
@@ -300,6 +328,8 @@ def run_benchmark(modules: Sequence[str], shapes: Sequence[Sequence[int]],
         model_input: Input shape of the model-level cases; None to skip them.
         model_depth: Depth of mmpretrain's ResNet for the model-level cases.
         progress: Wraps the list of cases (e.g. ``tqdm.tqdm``).
+        device: Where modules, peers, inputs and models run (check it with
+            :func:`cvattn_mm.analysis.device.resolve_device` first).
 
     Returns:
         dict: ``modules``, ``peers`` and ``models``: lists of records.
@@ -310,17 +340,17 @@ def run_benchmark(modules: Sequence[str], shapes: Sequence[Sequence[int]],
     for shape in shapes:
         for name in modules:
             cases.append(('modules', dict(module=name, shape=list(shape)),
-                          lambda n=name, s=shape: benchmark_module(n, s, timing)))
+                          lambda n=name, s=shape: benchmark_module(n, s, timing, device)))
         for peer in (p for name in modules for p in peers_of(name)) if peers else ():
             cases.append(('peers', dict(module=peer.module, peer=peer.name, shape=list(shape)),
-                          lambda p=peer, s=shape: benchmark_peer(p, s, timing)))
+                          lambda p=peer, s=shape: benchmark_peer(p, s, timing, device)))
     if model_input is not None:
-        plain = functools.cache(lambda: build_resnet(model_depth))  # shared by the cases
+        plain = functools.cache(lambda: build_resnet(model_depth).to(device))  # shared
         for name in modules:
             cases.append(('models', dict(model=f'ResNet-{model_depth}', module=name,
                                          input=list(model_input)),
                           lambda n=name: benchmark_model(n, plain(), model_input, model_depth,
-                                                         timing)))
+                                                         timing, device)))
     results = dict(modules=[], peers=[], models=[])
     for kind, head, run in progress(cases):
         try:

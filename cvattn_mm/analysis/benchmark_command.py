@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from ..version import __version__
 from .benchmark import Timing, default_modules, run_benchmark
-from .peers import PEERS
+from .device import device_name, resolve_device
+from .peers import all_peers
 
 DEFAULT_SHAPES = ['8x256x56x56', '8x1024x14x14']
 
@@ -42,8 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'warm-up and 3 timed calls); 0 for no limit')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads (default: torch.get_num_threads())')
+    parser.add_argument('--device', default='cpu',
+                        help="where modules, peers, inputs and models run: 'cpu' (default), "
+                        "'cuda', 'cuda:1', ...")
     parser.add_argument('--out-dir', default='work_dirs/benchmark', help='output folder')
-    parser.add_argument('--no-peers', action='store_true', help='skip the public implementations')
+    parser.add_argument('--no-peers', action='store_true',
+                        help='skip the peers (public implementations and references)')
     parser.add_argument('--model-input', type=shape_arg, default=(1, 3, 224, 224),
                         help='input NxCxHxW of the model-level cases (default 1x3x224x224)')
     parser.add_argument('--model-depth', type=int, default=50,
@@ -54,24 +59,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject unknown modules and impossible repeat counts through ``parser.error``."""
+    """Reject unknown modules, impossible repeat counts and a device this machine does not
+    have through ``parser.error``."""
     known = default_modules()
     unknown = sorted(set(args.modules or ()) - set(known))
     if unknown:
         parser.error(f'unknown modules {unknown}; registered: {", ".join(known)}')
     if args.repeats < 1 or args.warmup < 0 or args.max_seconds < 0:
         parser.error('--repeats must be >= 1, --warmup and --max-seconds >= 0')
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        parser.error(f'--device {args.device}: {e}')
 
 
 def meta(args) -> dict:
     cpu = next((line.split(':', 1)[1].strip() for line in _cpuinfo()
                 if line.startswith('model name')), platform.processor())
+    device = resolve_device(args.device)
     return dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
                 cvattn_mm=__version__, torch=torch.__version__,
                 python=platform.python_version(), cpu=cpu, cpu_count=os.cpu_count(),
                 threads=torch.get_num_threads(), repeats=args.repeats, warmup=args.warmup,
-                max_seconds=args.max_seconds or None, dtype='float32', device='cpu',
-                max_memory_gb=args.max_memory_gb,
+                max_seconds=args.max_seconds or None, dtype='float32', device=str(device),
+                device_name=device_name(device), max_memory_gb=args.max_memory_gb,
                 load_average=list(os.getloadavg()))
 
 
@@ -199,21 +210,32 @@ def _loads(values) -> str:
     return ', '.join(f'{v:.1f}' for v in values)
 
 
+def _device(m) -> str:
+    name = m.get('device_name', m['device'])
+    return m['device'] if name == m['device'] else f'{m["device"]} ({name})'
+
+
+def _memory_source(m) -> str:
+    if m['device'] == 'cpu':
+        return 'torch profiler allocation records, profile_memory=True'
+    return 'max_memory_allocated, reset before each measurement, minus the bytes allocated before'
+
+
 def markdown(results: dict) -> str:
     m = results['meta']
+    sync = '' if m['device'] == 'cpu' else ', the clock read after synchronising the device'
     lines = [
         '# Attention module benchmark', '',
         f'{m["date"]}; cvattn_mm {m["cvattn_mm"]}, torch {m["torch"]}, Python {m["python"]}; '
         f'{m["cpu"]} ({m["cpu_count"]} logical CPUs), {m["threads"]} torch threads, '
-        f'{m["dtype"]} on {m["device"]}; load average (1, 5, 15 min) at the start '
+        f'{m["dtype"]} on {_device(m)}; load average (1, 5, 15 min) at the start '
         f'{_loads(m["load_average"])}, at the end {_loads(m["load_average_end"])}.', '',
         f'Latency: median [first quartile, third quartile] of {m["repeats"]} calls after '
-        f'{m["warmup"]} warm-up calls, in ms{_budget(m)}; forward in eval mode without autograd, '
-        'forward+backward in train mode (gradients of the input and the parameters). Peak '
-        'memory: the most bytes held by tensors allocated during one forward+backward '
-        '(torch profiler allocation records, profile_memory=True; inputs and weights '
-        'excluded). FLOPs: mmengine FlopAnalyzer (one multiply-add = 1; element-wise ops not '
-        'counted).', '']
+        f'{m["warmup"]} warm-up calls, in ms{_budget(m)}{sync}; forward in eval mode without '
+        'autograd, forward+backward in train mode (gradients of the input and the parameters). '
+        'Peak memory: the most bytes held by tensors allocated during one forward+backward '
+        f'({_memory_source(m)}; inputs and weights excluded). FLOPs: mmengine FlopAnalyzer '
+        '(one multiply-add = 1; element-wise ops not counted).', '']
     if results['modules']:
         lines += ['## Modules', ''] + module_table(results['modules'], m['repeats']) + ['']
     if results['peers']:
@@ -221,10 +243,14 @@ def markdown(results: dict) -> str:
                   'Ours with the hyper-parameters of the pair, the peer holding our weights; '
                   'ratio = ours / theirs (medians, timed interleaved call by call). Max rel. '
                   'diff: max |ours - theirs| / max |theirs| on random weights in eval mode at '
-                  'that input.', '']
+                  'that input. A peer named "reference ..." stands in for a module without a '
+                  'package implementation: the paper\'s equations in plain autograd ops, laid '
+                  'out as the official code named in its note computes them '
+                  '(cvattn_mm/analysis/references.py).', '']
         lines += peer_table(results['peers'], m['repeats']) + ['', 'Notes:', '']
         names = {r['peer'] for r in results['peers']}
-        lines += [f'- {p.name} ({p.module}): {p.differences}' for p in PEERS if p.name in names]
+        lines += [f'- {p.name} ({p.module}): {p.differences}' for p in all_peers()
+                  if p.name in names]
         lines += [f'- {r["peer"]} at {shape_str(r["shape"])}: outputs not compared: '
                   f'{r["incomparable"]}' for r in results['peers']
                   if r['status'] == 'ok' and r['incomparable']]
@@ -307,7 +333,8 @@ def run(args: argparse.Namespace) -> dict:
         Timing(args.repeats, args.warmup, args.max_seconds or None, args.max_memory_gb),
         peers=not args.no_peers, model_input=None if args.no_models else args.model_input,
         model_depth=args.model_depth,
-        progress=lambda cases: tqdm(cases, desc='benchmark', unit='case', file=sys.stderr))
+        progress=lambda cases: tqdm(cases, desc='benchmark', unit='case', file=sys.stderr),
+        device=resolve_device(args.device))
     info['load_average_end'] = list(os.getloadavg())
     results = dict(meta=info, **results)
     os.makedirs(args.out_dir, exist_ok=True)

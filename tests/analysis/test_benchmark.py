@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import cvattn_mm  # noqa: F401
+from cvattn_mm.analysis import benchmark
 from cvattn_mm.analysis.benchmark import (
     Timing,
     benchmark_module,
@@ -17,6 +18,7 @@ from cvattn_mm.analysis.benchmark import (
     time_interleaved,
 )
 from cvattn_mm.analysis.complexity import count_flops, count_params, strip_attention
+from cvattn_mm.analysis.device import resolve_device
 from cvattn_mm.attention.channel.se import SE
 
 ROOT = Path(__file__).parents[2]
@@ -225,3 +227,78 @@ def test_strip_attention_removes_only_our_attention():
         plugins=[dict(cfg=dict(type='ContextBlock', ratio=1 / 16), position='after_conv3')]),
         neck=dict(type='FPN'))
     assert cfg['backbone']['type'] == 'InsertAttention'  # the input is not modified
+
+
+# --- devices -------------------------------------------------------------------------------
+
+
+def test_benchmark_records_the_device(bench):
+    _, results = bench
+    assert results['meta']['device'] == 'cpu' and results['meta']['device_name'] == 'cpu'
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_benchmark_rejects_an_unavailable_device(capsys):
+    tool = load_tool('benchmark')
+    with pytest.raises(SystemExit) as exit_:
+        tool.parse_args(['--device', 'cuda'])
+    assert exit_.value.code == 2
+    assert '--device cuda: CUDA is not available on this machine' in capsys.readouterr().err
+
+
+def test_device_names_are_checked(monkeypatch):
+    assert resolve_device('cpu') == torch.device('cpu')
+    with pytest.raises(ValueError, match="'gpu' is not a device name"):
+        resolve_device('gpu')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    assert resolve_device('cuda:0') == torch.device('cuda:0')
+    with pytest.raises(ValueError, match=r'cuda:1 does not exist: this machine has 1 cuda'):
+        resolve_device('cuda:1')
+
+
+def test_latency_synchronises_the_device_before_reading_the_clock(monkeypatch):
+    events = []
+    monkeypatch.setattr(benchmark, 'synchronize', lambda device: events.append(str(device)))
+    time_interleaved([lambda: events.append('call')], repeats=2, warmup=1, device='cuda:1')
+    sync = 'cuda:1'
+    assert events == [sync, 'call', sync] + [sync, 'call', sync] * 2
+
+
+def test_peak_memory_on_cuda_comes_from_its_counters(monkeypatch):
+    """Reset before the call; the peak above what was allocated before it."""
+    calls = []
+    for name, value in (('synchronize', None), ('reset_peak_memory_stats', None),
+                        ('memory_allocated', 100), ('max_memory_allocated', 612)):
+        monkeypatch.setattr(torch.cuda, name,
+                            lambda device, name=name, value=value: calls.append(name) or value)
+    assert peak_memory(lambda: calls.append('fn'), 'cuda') == 512
+    assert calls.index('reset_peak_memory_stats') < calls.index('fn')
+    assert calls[-2:] == ['synchronize', 'max_memory_allocated']
+
+
+def test_module_and_input_are_on_the_device(monkeypatch):
+    """The meta device stands in for an accelerator: nothing is computed on it."""
+    seen = {}
+
+    def measure(modules, x, timing, input_grad=True):
+        seen.update(devices={p.device.type for m in modules for p in m.parameters()},
+                    input=x.device.type)
+        return [{}]
+
+    monkeypatch.setattr(benchmark, '_measure', measure)
+    assert benchmark_module('SE', (2, 16, 4, 4), Timing(1, 0), 'meta')['status'] == 'ok'
+    assert seen == dict(devices={'meta'}, input='meta')
+
+
+def test_every_case_gets_the_device(monkeypatch):
+    devices = []
+    monkeypatch.setattr(benchmark, 'benchmark_module', lambda n, s, t, d: devices.append(d) or {})
+    monkeypatch.setattr(benchmark, 'benchmark_peer', lambda p, s, t, d: devices.append(d) or {})
+    monkeypatch.setattr(benchmark, 'build_resnet', lambda depth: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(benchmark, 'benchmark_model',
+                        lambda n, plain, i, depth, t, d: devices.append((d, plain.weight.device))
+                        or {})
+    device = torch.device('meta')
+    benchmark.run_benchmark(['SE'], [(1, 8, 4, 4)], model_input=(1, 3, 8, 8), device=device)
+    assert devices == [device, device, (device, device)]  # SE, timm's SE, the model
