@@ -247,10 +247,13 @@ def check_fast_backward_matches_autograd(factory):
     (y_fast, fast), (y_plain, plain) = results
     assert_close_rel(y_fast, y_plain, 1e-10, 'output')
     assert fast.keys() == plain.keys()
+    # relative to the largest gradient: some are zero in exact arithmetic (a bias before a BN)
+    scale = max(g.abs().max().item() for g in plain.values() if g is not None)
     for name in plain:
         assert (fast[name] is None) == (plain[name] is None), f'{name}: gradient in one run only'
         if plain[name] is not None:
-            assert_close_rel(fast[name], plain[name], 1e-9, f'gradient of {name}')
+            err = (fast[name] - plain[name]).abs().max().item()
+            assert err <= 1e-9 * scale, f'gradient of {name}: max abs error {err:.3g}'
 
 
 ALL_CHECKS = [check_shapes, check_gradients, check_batch_one, check_channels_last,
