@@ -23,6 +23,7 @@ import cvattn_mm  # noqa: F401  (registers the modules)
 from cvattn_mm.analysis.runs import format_table, set_data_root, train_and_evaluate
 from cvattn_mm.config import build_model, load_config
 from cvattn_mm.datasets import ensure_quickstart_data
+from cvattn_mm.quiet import silence_upstream_noise
 from cvattn_mm.visualization import visualize_config_model
 from cvattn_mm.visualization.visualize import find_images
 
@@ -96,6 +97,7 @@ def load_trained_model(config: str, work_dir: str, cfg_options=None):
 
 
 def main(argv=None) -> int:
+    silence_upstream_noise()
     args = parse_args(argv)
     tasks = list(TASKS) if args.task == 'all' else [args.task]
     print(f'cvattn_mm quickstart: {", ".join(tasks)} on {torch.get_num_threads()} CPU threads; '

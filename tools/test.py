@@ -18,6 +18,7 @@ from mmengine.registry import HOOKS
 from train import add_common_args, build_runner, set_work_dir
 
 import cvattn_mm  # noqa: F401  (registers the modules; lets torch load mmengine checkpoints)
+from cvattn_mm.quiet import silence_upstream_noise
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +70,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def main(argv=None) -> None:
+    silence_upstream_noise()
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
     runner = build_runner(cfg)

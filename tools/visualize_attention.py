@@ -11,6 +11,7 @@ histograms, deformable sampling points scattered over it; see cvattn_mm/visualiz
 import argparse
 import sys
 
+from cvattn_mm.quiet import silence_upstream_noise
 from cvattn_mm.visualization.command import add_arguments, run
 
 
@@ -21,6 +22,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    silence_upstream_noise()
     run(parse_args(argv))
     return 0
 

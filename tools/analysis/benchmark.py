@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from cvattn_mm.analysis.benchmark_command import add_arguments, check_arguments, run
+from cvattn_mm.quiet import silence_upstream_noise
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,6 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    silence_upstream_noise()
     run(parse_args(argv))
     return 0
 

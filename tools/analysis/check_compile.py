@@ -12,9 +12,11 @@ import time
 import torch
 
 from cvattn_mm.attention.catalog import attention_classes
+from cvattn_mm.quiet import silence_upstream_noise
 
 
 def main():
+    silence_upstream_noise()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--backend', default='inductor')
     parser.add_argument('--modules', nargs='+', default=None)

@@ -21,6 +21,7 @@ from cvattn_mm.analysis.runs import format_table, set_data_root
 from cvattn_mm.attention.catalog import attention_classes
 from cvattn_mm.config import load_config
 from cvattn_mm.datasets import SCOPE_TASKS, ensure_quickstart_data
+from cvattn_mm.quiet import silence_upstream_noise
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'quickstart', 'cls_resnet18.py')
@@ -46,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    silence_upstream_noise()
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     if args.data_root:

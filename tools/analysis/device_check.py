@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from cvattn_mm.analysis.benchmark_command import add_arguments, check_arguments
 from cvattn_mm.analysis.device import device_name, resolve_device
+from cvattn_mm.quiet import silence_upstream_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ['tests/attention/test_contract.py', 'tests/attention/test_gating.py']
@@ -111,6 +112,7 @@ def run_benchmark(args: argparse.Namespace) -> Tuple[Dict[str, int], str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    silence_upstream_noise()
     args = parse_args(argv)
     code, result = run_tests(args.device, args.pytest_args)
     name = device_name(resolve_device(args.device))

@@ -20,6 +20,7 @@ from mmengine.config import DictAction
 from cvattn_mm.analysis.complexity import config_complexity
 from cvattn_mm.analysis.elementwise_flops import DEFAULT_CONVENTION, ELEMENTWISE_CONVENTION
 from cvattn_mm.config import load_config
+from cvattn_mm.quiet import silence_upstream_noise
 
 
 def parse_args(argv=None):
@@ -63,6 +64,7 @@ def report(config: str, result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    silence_upstream_noise()
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     print(report(args.config, config_complexity(cfg, args.shape, args.elementwise)))
