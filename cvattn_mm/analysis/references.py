@@ -556,9 +556,10 @@ def _pooled_self_attention_state(ours):
 
 class SRMReference(nn.Module):
     """SRM as in the official ``hyunjaelee410/style-based-recalibration-module``,
-    ``models/recalibration_modules.py`` (``SRMLayer``).
+    ``models/recalibration_modules.py`` (``SRMLayer``, at its last commit f6221c7 "FIX : style
+    pooling"; the first commit used ``std()`` without eps).
 
-    Style pooling: the channel means and unbiased standard deviations (``std``),
+    Style pooling: the channel means and ``sqrt(var + eps)`` with the unbiased variance,
     concatenated to (N, C, 2); integration: times ``cfc`` (C, 2), summed, BatchNorm2d,
     sigmoid; times x.
 
@@ -567,23 +568,24 @@ class SRMReference(nn.Module):
         norm (nn.Module): Our batch norm, whose eps and momentum are used.
     """
 
-    def __init__(self, channels: int, norm: nn.Module):
+    def __init__(self, channels: int, norm: nn.Module, eps: float = 1e-5):
         super().__init__()
         self.cfc = nn.Parameter(torch.zeros(channels, 2))
         self.bn = _batch_norm(nn.BatchNorm2d, norm, channels)
+        self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
         flat = x.view(n, c, -1)
-        style = torch.cat((flat.mean(dim=2).view(n, c, -1), flat.std(dim=2).view(n, c, -1)), 2)
+        std = (flat.var(dim=2, keepdim=True) + self.eps).sqrt()
+        style = torch.cat((flat.mean(dim=2, keepdim=True), std), 2)
         z = torch.sum(style * self.cfc[None], dim=2)[:, :, None, None]
         return x * torch.sigmoid(self.bn(z))
 
 
 def _srm(ours):
-    _require(ours.eps == 0 and ours.variance == 'unbiased' and _is_bn(ours.bn), ours,
-             "eps=0, variance='unbiased' and BN")
-    return SRMReference(ours.in_channels, ours.bn)
+    _require(ours.variance == 'unbiased' and _is_bn(ours.bn), ours, "variance='unbiased' and BN")
+    return SRMReference(ours.in_channels, ours.bn, ours.eps)
 
 
 REFERENCES: List[Peer] = [
@@ -632,8 +634,6 @@ REFERENCES: List[Peer] = [
               'reference pools with ceil_mode and crops, as ours, which changes nothing there.'),
     reference('SRM', 'hyunjaelee410/style-based-recalibration-module recalibration_modules.py',
               _srm, lambda ours: dict(ours.state_dict()),
-              ours_cfg=lambda c: dict(eps=0.),
-              differences='The pair builds ours with eps=0 (the official std has no eps; ours '
-              'defaults to sqrt(var + 1e-5)). On a 1x1 map the official code gives NaN.',
+              differences='None with our defaults. On a 1x1 map the official code gives NaN.',
               incomparable=_one_position),
 ]

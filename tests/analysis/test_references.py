@@ -97,7 +97,7 @@ def test_every_module_has_a_peer_or_a_reference():
     ('BAM', dict(fusion='add'), "fusion='mul'"),
     ('SCSE', dict(combination='add'), "combination='max'"),
     ('SCSA', dict(down_sample_mode='recombination'), 'undefined method'),
-    ('SRM', dict(eps=1e-5), 'eps=0'),
+    ('SRM', dict(variance='biased'), "variance='unbiased'"),
 ])
 def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     with pytest.raises(ValueError, match=match):
