@@ -1,8 +1,11 @@
-"""ExternalAttention: double normalisation, tied memories, formula, params, maps."""
+"""ExternalAttention: double normalisation, tied memories, formula, params, maps, the
+hand-written backward, float64 gradients."""
+import copy
 import functools
 
 import pytest
 import torch
+import torch.nn as nn
 
 from cvattn_mm.attention.spatial.external_attention import ExternalAttention
 from cvattn_mm.visualization import extract_maps
@@ -147,3 +150,74 @@ def test_errors_name_the_subclass():
     sub = type('MyEA', (ExternalAttention,), {'_abbr_': 'my_ea'})
     with pytest.raises(ValueError, match='MyEA.*memory_size'):
         sub(16, memory_size=0)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_gradcheck_float64(train):
+    """Computed in float64 for a float64 input (no fp32 step): the gradients of the input and
+    of every parameter pass torch.autograd.gradcheck."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(ExternalAttention(6, memory_size=4), scale=0.3)
+    module = module.double().train(train)
+    params = {name: p.detach().clone().requires_grad_() for name, p in module.named_parameters()}
+    x = torch.randn(2, 6, 3, 4, dtype=torch.double, requires_grad=True)
+
+    def run(x, *values):
+        return torch.func.functional_call(module, dict(zip(params, values)), (x,))
+
+    assert run(x, *params.values()).dtype == torch.double
+    assert torch.autograd.gradcheck(run, (x, *params.values()))
+
+
+def _backward_names(out):
+    nodes, seen = [out.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            nodes.extend(next_node for next_node, _ in node.next_functions)
+    return {node.name() for node in seen}
+
+
+def _output_and_grads(module, x, grad_out):
+    x = x.detach().requires_grad_()
+    y = module(x)
+    return y, torch.autograd.grad(y, [x, *module.parameters()], grad_out)
+
+
+@pytest.mark.parametrize('norm_cfg', [dict(type='BN'), None], ids=['bn', 'no_norm'])
+def test_low_rank_backward_only_for_its_plain_layers(norm_cfg):
+    """The hand-written backward runs for the module's own layer types without hooks; with a
+    forward hook on a layer (here one that doubles conv1's output) or a layer of another type
+    autograd runs, and the gradients are those of what the layers computed."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(ExternalAttention(16, memory_size=4,
+                                                           norm_cfg=norm_cfg), 0.3).double()
+    x = torch.randn(2, 16, 5, 6, dtype=torch.double)
+    grad_out = torch.randn_like(x)
+    assert '_LowRankPairBackward' in _backward_names(module(x.requires_grad_()))
+
+    doubled = copy.deepcopy(module)
+    with torch.no_grad():
+        doubled.conv1.weight.mul_(2)
+        doubled.conv1.bias.mul_(2)
+    y_ref, grads_ref = _output_and_grads(doubled, x, grad_out)
+    handle = module.conv1.register_forward_hook(lambda m, args, out: out * 2)
+    y, grads = _output_and_grads(module, x, grad_out)
+    handle.remove()
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(grads[0], grads_ref[0])
+    torch.testing.assert_close(grads[1:3], tuple(2 * g for g in grads_ref[1:3]))  # d(2 W x)/dW
+    torch.testing.assert_close(grads[3:], grads_ref[3:])
+
+    y_ref, grads_ref = _output_and_grads(module, x, grad_out)
+    for name in ('conv1', 'conv2'):  # e.g. a tool's own convolutions
+        layer = getattr(module, name)
+        swapped = nn.Conv2d(16, 16, 1, bias=layer.bias is not None).double()
+        swapped.load_state_dict(layer.state_dict())
+        setattr(module, name, swapped)
+    y = module(x.requires_grad_())
+    assert '_LowRankPairBackward' not in _backward_names(y)
+    y, grads = _output_and_grads(module, x, grad_out)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(grads, grads_ref)
