@@ -1,4 +1,5 @@
 """DeformableAttention2D: sampling geometry, the defining equation, parameters, variants."""
+import copy
 import functools
 import math
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from cvattn_mm.attention.spatial.deformable_attention import DeformableAttention2D
 from cvattn_mm.registry import MODELS
+from cvattn_mm.visualization import extract_maps
 
 from . import contract
 
@@ -59,10 +61,28 @@ VARIANTS = {
 }
 
 
+def _same_dropout_masks(factory):
+    """Modules that reseed the RNG before every forward: the dropout masks are the same in
+    the two training runs that check_fast_backward_matches_autograd compares."""
+
+    def reseed(module, args):
+        torch.manual_seed(0)
+
+    def build():
+        module = factory()
+        module.register_forward_pre_hook(reseed)
+        return module
+
+    return build
+
+
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_contract_variants(variant):
     torch.manual_seed(0)
-    contract.run_contract(functools.partial(DeformableAttention2D, **VARIANTS[variant]))
+    factory = functools.partial(DeformableAttention2D, **VARIANTS[variant])
+    if VARIANTS[variant].get('dropout'):
+        factory = _same_dropout_masks(factory)
+    contract.run_contract(factory)
 
 
 def test_onnx_two_groups(tmp_path):
@@ -184,7 +204,9 @@ def _direct(module, x):
         hk, wk = max(h // r, 1), max(w // r, 1)
         before = (k - r) // 2
         grouped = F.pad(q.reshape(n * g, -1, h, w), (before, k, before, k))
-    offsets = module.to_offsets(grouped)[:, :, :hk, :wk]
+    dw = module.to_offsets[0]  # the depthwise conv on the padded input, without its padding
+    offsets = F.conv2d(grouped, dw.weight, dw.bias, stride=r, groups=dw.groups)
+    offsets = module.to_offsets[1:](offsets)[:, :, :hk, :wk]
     offsets = s * torch.tanh(offsets).reshape(n, g, 2, hk, wk)
     # Reference points: the centres of an hk x wk grid of cells over the map, in pixels.
     ref_y = (torch.arange(hk, dtype=x.dtype) + 0.5) * h / hk - 0.5
@@ -239,6 +261,50 @@ def test_equation_against_direct_computation(kwargs, size):
         torch.testing.assert_close(module(x), _direct(module, x), rtol=1e-9, atol=1e-10)
 
 
+class _LowRank(nn.Module):
+    """A LoRA-style wrapper of a Linear layer: ``base(x) + up(down(x))``."""
+
+    def __init__(self, base, rank=1):
+        super().__init__()
+        self.base = base
+        self.down = nn.Linear(base.in_features, rank, bias=False)
+        self.up = nn.Linear(rank, base.out_features, bias=False)
+
+    def forward(self, x):
+        return self.base(x) + self.up(self.down(x))
+
+
+def test_a_wrapped_first_bias_layer_is_applied_exactly():
+    """The position-bias MLP's first layer is called on (..., 2) inputs: a LoRA wrapper of it
+    computes what the merged weights compute, and its hooks see in_features = 2."""
+    torch.manual_seed(0)
+    module = DeformableAttention2D(8, dim_head=4, heads=4, cpb_dim=8, offset_groups=2,
+                                   offset_scale=1)  # the keys stay on the map
+    module = contract.perturb_parameters(module, scale=0.5).double().eval()
+    x = torch.randn(2, 8, 9, 11, dtype=torch.float64)
+    lora = _LowRank(module.rel_pos_bias[0]).double()
+    nn.init.normal_(lora.up.weight)
+    merged = copy.deepcopy(module)
+    with torch.no_grad():
+        merged.rel_pos_bias[0].weight += lora.up.weight @ lora.down.weight
+    module.rel_pos_bias[0] = lora
+    inputs = []
+    lora.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
+    with torch.no_grad():
+        y = module(x)
+        plain = _with_linear(module, lora.base)(x)
+        torch.testing.assert_close(y, merged(x), rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(y, _direct(merged, x), rtol=1e-9, atol=1e-10)
+    assert (y - plain).abs().max() > 1e-3  # the wrapper does change the bias
+    assert len(inputs) == 1 and inputs[0].shape[-1] == 2
+
+
+def _with_linear(module, first):
+    module = copy.deepcopy(module)
+    module.rel_pos_bias[0] = first
+    return module
+
+
 def test_offsets_change_the_output():
     """The offset network is live: zeroing it changes the output (gradients reach it too)."""
     torch.manual_seed(0)
@@ -272,3 +338,24 @@ def test_invalid_arguments(kwargs, argument):
     kwargs = dict(dict(in_channels=32), **kwargs)
     with pytest.raises(ValueError, match=f'DeformableAttention2D.*{argument}'):
         DeformableAttention2D(**kwargs)
+
+
+def test_errors_name_the_subclass():
+    sub = type('MyDeformable', (DeformableAttention2D, ), {'_abbr_': 'my_dat'})
+    with pytest.raises(ValueError, match='MyDeformable: offset_kernel_size'):
+        sub(32, offset_kernel_size=3)
+
+
+def test_sampling_points_map_is_the_module_sampling_locations():
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(
+        DeformableAttention2D(32, dim_head=8, heads=4, downsample_factor=2,
+                              offset_kernel_size=3), scale=0.5).eval()
+    x = torch.randn(2, 32, 8, 10, generator=torch.Generator().manual_seed(1))
+    m = extract_maps(module, x)['sampling_points']
+    with torch.no_grad():
+        locations = module.sampling_locations(module.to_q(x))  # (N * G, 4, 5, 2)
+    assert torch.equal(m.values, locations.reshape(2, -1, 2))
+    bound = 2 * module.offset_scale / torch.tensor([5., 4.])
+    assert ((m.values - m.origins).abs() <= bound + 1e-6).all()
+    assert torch.equal(m.origins[0, :20], m.origins[0, 20:40])  # one grid per group

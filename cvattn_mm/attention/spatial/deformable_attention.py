@@ -1,5 +1,5 @@
 """Deformable attention (DAT)."""
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_divisible, check_int, check_positive_float
+from ..maps import AttentionMap
 
 
 @register_model()
@@ -100,7 +101,7 @@ class DeformableAttention2D(AttentionModule):
                  act_cfg: dict = dict(type='GELU'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
-        name = 'DeformableAttention2D'
+        name = type(self).__name__
         self.dim_head = check_int(name, 'dim_head', dim_head, 1)
         self.heads = check_int(name, 'heads', heads, 1)
         groups = heads if offset_groups is None else offset_groups
@@ -129,17 +130,20 @@ class DeformableAttention2D(AttentionModule):
         kv_groups = groups if group_key_values else 1
         self.to_k = nn.Conv2d(in_channels, inner, 1, groups=kv_groups, bias=to_k_bias)
         self.to_v = nn.Conv2d(in_channels, inner, 1, groups=kv_groups, bias=to_v_bias)
+        # The conv pads as for sizes that r divides; the rest is padded before calling it.
+        self._conv_padding = (offset_kernel_size - downsample_factor) // 2
         offset_layers = [
             nn.Conv2d(offset_dims, offset_dims, offset_kernel_size, stride=downsample_factor,
-                      groups=offset_dims)
+                      padding=self._conv_padding, groups=offset_dims)
         ]
         if norm_cfg is not None:
             offset_layers.append(build_norm_layer(norm_cfg, offset_dims)[1])
         offset_layers += [build_activation_layer(act_cfg), nn.Conv2d(offset_dims, 2, 1, bias=False)]
         self.to_offsets = nn.Sequential(*offset_layers)
-        cpb = [nn.Linear(2, cpb_dim), nn.ReLU()]
+        # In-place ReLUs: each follows a fresh tensor whose backward does not need it.
+        cpb = [nn.Linear(2, cpb_dim), nn.ReLU(inplace=True)]
         for _ in range(cpb_depth - 1):
-            cpb += [nn.Linear(cpb_dim, cpb_dim), nn.ReLU()]
+            cpb += [nn.Linear(cpb_dim, cpb_dim), nn.ReLU(inplace=True)]
         cpb.append(nn.Linear(cpb_dim, heads // groups, bias=False))
         self.rel_pos_bias = nn.Sequential(*cpb)
         self.to_out = nn.Conv2d(inner, in_channels, 1, bias=to_out_bias)
@@ -150,18 +154,14 @@ class DeformableAttention2D(AttentionModule):
         ``q`` is the query map ``to_q(x)`` of shape ``(N, E, H, W)``.
         """
         n, _, h, w = q.shape
-        r, g = self.downsample_factor, self.offset_groups
         (hk, top, bottom), (wk, left, right) = (self._key_axis(h), self._key_axis(w))
-        grouped = q.reshape(n * g, -1, h, w)
-        if top != bottom or left != right:
-            grouped = F.pad(grouped, (left - min(left, right), right - min(left, right),
-                                      top - min(top, bottom), bottom - min(top, bottom)))
-        conv = self.to_offsets[0]
-        offsets = F.conv2d(grouped, conv.weight, conv.bias, r, (min(top, bottom),
-                           min(left, right)), 1, conv.groups)
+        grouped = q.reshape(n * self.offset_groups, -1, h, w)
+        pads = [p - self._conv_padding for p in (left, right, top, bottom)]
+        if any(pads):
+            grouped = F.pad(grouped, pads)
         # The geometry is computed in at least fp32 (also under fp16/bf16 autocast).
         dtype = torch.promote_types(q.dtype, torch.float32)
-        offsets = self.to_offsets[1:](offsets).to(dtype).tanh()  # (N * G, 2, H_k, W_k), (x, y)
+        offsets = self.to_offsets(grouped).to(dtype).tanh()  # (N * G, 2, H_k, W_k), (x, y)
         # In grid spacings (2 / W_k, 2 / H_k in normalised coordinates), at most offset_scale.
         offsets = torch.stack((offsets[:, 0] * (2.0 * self.offset_scale / wk),
                                offsets[:, 1] * (2.0 * self.offset_scale / hk)), -1)
@@ -169,7 +169,8 @@ class DeformableAttention2D(AttentionModule):
 
     def _key_axis(self, size: int) -> Tuple[int, int, int]:
         """Keys along an axis of ``size`` pixels and the zero padding (before, after) of the
-        offset conv's input such that its stride-r windows give exactly that many.
+        offset conv's input such that its stride-r windows give exactly that many (the conv
+        pads ``(k - r) // 2`` on each side itself; the module pads the rest).
 
         The padding for ``size = m r`` is ``k - r``, ``(k - r) // 2`` before (the windows are
         centred on the cells). ``ceil`` pads the remainder up to the next multiple, splitting
@@ -194,28 +195,28 @@ class DeformableAttention2D(AttentionModule):
             padding_mode='zeros', align_corners=False)
         return sampled.reshape(n, c, *locations.shape[1:3])
 
-    def position_bias(self, locations: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def position_bias(self, locations: torch.Tensor, h: int, w: int,
+                      dtype: torch.dtype) -> torch.Tensor:
         """Relative position bias ``(N, heads, H * W, H_k * W_k)`` of queries to the keys.
 
         The MLP's input ``f(d) = sign(d) log(1 + |d|)`` acts per coordinate and the queries lie
-        on a grid, so the first layer ``W f(d) + b`` is ``W_x f(q_x - k_x) + (W_y f(q_y - k_y)
-        + b)``: a per-(column, key) plus a per-(row, key) term, broadcast to (row, column, key)
-        without materialising the (query, key, 2) displacements. See :meth:`_bias_mlp` for the
-        chunking over query rows.
+        on a grid, so its first (affine) layer ``L`` splits as ``L(f_x, f_y) = L(f_x, 0) +
+        (L(0, f_y) - L(0, 0))``: a per-(column, key) plus a per-(row, key) term, broadcast to
+        (row, column, key) without materialising the (query, key, 2) displacements. The layer
+        is called once on these ``(W + H) N_k + 1`` inputs, so whatever replaces or wraps it
+        (LoRA, quantisation) is applied, exactly if it is affine. See :meth:`_bias_mlp` for
+        the chunking over query rows. ``dtype``: the dtype the layers compute in.
         """
-        first = self.rel_pos_bias[0]
-        dtype = first.weight.dtype
         queries = reference_points(h, w, locations.dtype, locations.device)
         keys = locations.flatten(1, 2)  # (N * G, Nk, 2)
-        terms = []
-        for i, q in enumerate((queries[0, :, 0], queries[:, 0, 1])):  # column x, row y
-            d = q[None, :, None] - keys[:, None, :, i]  # (N * G, W or H, Nk)
-            d = (d.sign() * torch.log1p(d.abs())).to(dtype)
-            terms.append(d[..., None] * first.weight[:, i])  # (N * G, W or H, Nk, D)
-        column, row = terms
-        if first.bias is not None:
-            row = row + first.bias
-        bias = self._bias_mlp(row, column)  # (N * G, H, W, Nk, heads / G)
+        fx, fy = (_log_spaced(q[None, :, None] - keys[:, None, :, i]).to(dtype)
+                  for i, q in enumerate((queries[0, :, 0], queries[:, 0, 1])))
+        inputs = torch.cat((F.pad(fx[..., None], (0, 1)).flatten(0, -2),  # (f_x, 0)
+                            F.pad(fy[..., None], (1, 0)).flatten(0, -2),  # (0, f_y)
+                            fx.new_zeros(1, 2)))
+        column, row, origin = self.rel_pos_bias[0](inputs).split((fx.numel(), fy.numel(), 1))
+        row = (row - origin).view(*fy.shape, -1)  # (N * G, H, Nk, D)
+        bias = self._bias_mlp(row, column.view(*fx.shape, -1))  # (N * G, H, W, Nk, heads / G)
         return bias.permute(0, 4, 1, 2, 3).reshape(-1, self.heads, h * w, keys.shape[1])
 
     #: Bytes of hidden MLP activations above which the position-bias MLP is checkpointed.
@@ -250,14 +251,14 @@ class DeformableAttention2D(AttentionModule):
         return torch.cat(chunks, 1)
 
     def _bias_rows(self, row: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
-        # The first layer and its ReLU, in place: the backward does not need the sum.
-        hidden = torch.relu_(row[:, :, None] + column[:, None])
+        # The first layer's output and its ReLU (in place: the backward does not need the sum).
+        hidden = self.rel_pos_bias[1](row[:, :, None] + column[:, None])
         shape = hidden.shape[:-1]
         # As a matrix, each linear output is a fresh tensor (not a view of one, as for N-d
         # inputs): its ReLU runs in place also with autograd, which keeps only the result.
         hidden = hidden.flatten(0, -2)
         for layer in self.rel_pos_bias[2:]:
-            hidden = torch.relu_(hidden) if isinstance(layer, nn.ReLU) else layer(hidden)
+            hidden = layer(hidden)
         return hidden.unflatten(0, shape)
 
     def _qkv_bias(self, x):
@@ -267,7 +268,7 @@ class DeformableAttention2D(AttentionModule):
         kv = self.sample(x, locations)
         shape = (n, self.heads, self.dim_head, -1)
         q, k, v = q.reshape(shape), self.to_k(kv).reshape(shape), self.to_v(kv).reshape(shape)
-        bias = self.position_bias(locations, h, w).to(q.dtype)
+        bias = self.position_bias(locations, h, w, q.dtype).to(q.dtype)
         return q, k, v, bias
 
     def _attention(self, q, k, bias):
@@ -288,10 +289,26 @@ class DeformableAttention2D(AttentionModule):
         # (N, heads, d, Nk) @ (N, heads, Nk, HW): the heads' outputs come out channel-first.
         return self.to_out(torch.matmul(v, attn.transpose(-1, -2)).reshape(n, -1, h, w))
 
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
+        """``'sampling_points'``: the keys' locations ``(N, G * H_k * W_k, 2)``, ``(x, y)`` in
+        ``[-1, 1]``, with the reference grid they were moved from as origins."""
+        locations = self.sampling_locations(self.to_q(x))  # (N * G, H_k, W_k, 2)
+        n = x.shape[0]
+        origins = reference_points(*locations.shape[1:3], locations.dtype, locations.device)
+        origins = origins.expand_as(locations).reshape(n, -1, 2)
+        return {'sampling_points': AttentionMap(
+            'points', locations.reshape(n, -1, 2),
+            f'sampling points ({self.offset_groups} groups)', origins)}
+
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, heads={self.heads}, dim_head={self.dim_head}, '
                 f'offset_groups={self.offset_groups}, downsample_factor={self.downsample_factor}, '
                 f'key_grid={self.key_grid!r}')
+
+
+def _log_spaced(d: torch.Tensor) -> torch.Tensor:
+    """The position-bias MLP's input transform ``sign(d) log(1 + |d|)``."""
+    return d.sign() * torch.log1p(d.abs())
 
 
 def reference_points(h: int, w: int, dtype=torch.float32, device=None) -> torch.Tensor:
