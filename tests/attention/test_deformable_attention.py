@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cvattn_mm.attention.map_norm import ChannelLayerNorm
 from cvattn_mm.attention.spatial.deformable_attention import DeformableAttention2D
 from cvattn_mm.registry import MODELS
 from cvattn_mm.visualization import extract_maps
@@ -58,6 +59,10 @@ VARIANTS = {
                           cpb_depth=2, to_k_bias=False, to_out_bias=False),
     'dropout': dict(SMALL, dropout=0.1),
     'floor_key_grid': dict(SMALL, key_grid='floor'),
+    'dat_geometry': dict(SMALL, geometry='dat', offset_groups=2),
+    'dat_geometry_stride1': dict(SMALL, geometry='dat', downsample_factor=1,
+                                 offset_kernel_size=3),
+    'layer_norm': dict(SMALL, norm_cfg=dict(type='LN')),
 }
 
 
@@ -85,9 +90,9 @@ def test_contract_variants(variant):
     contract.run_contract(factory)
 
 
-def test_onnx_two_groups(tmp_path):
-    contract.check_onnx(functools.partial(DeformableAttention2D, **VARIANTS['two_groups']),
-                        tmp_path)
+@pytest.mark.parametrize('variant', ['two_groups', 'dat_geometry', 'layer_norm'])
+def test_onnx(variant, tmp_path):
+    contract.check_onnx(functools.partial(DeformableAttention2D, **VARIANTS[variant]), tmp_path)
 
 
 def test_builds_from_registry():
@@ -181,18 +186,35 @@ def _bilinear(img, px, py):
     return out
 
 
-def _direct(module, x):
-    """The defining equation with explicit pixel geometry, loops and matrix products."""
-    n, c, h, w = x.shape
-    g, heads, d = module.offset_groups, module.heads, module.dim_head
-    r, k, s = module.downsample_factor, module.offset_kernel_size, module.offset_scale
-    hpg, cg = heads // g, c // g
+def _dat_points(module, q):
+    """DAT's sampling points (its CVPR 2022 code) for the query map q: normalised (x, y) in
+    align_corners=True coordinates and in pixels, each (N, G, H_k, W_k), and (H_k, W_k).
 
-    def conv1x1(layer, t):
-        out = torch.einsum('oc,nchw->nohw', layer.weight[:, :, 0, 0], t)
-        return out if layer.bias is None else out + layer.bias.view(1, -1, 1, 1)
+    The offset conv pads k // 2 on each side; reference point i is (i + 0.5) / H_k * 2 - 1
+    and the offset offset_range_factor * tanh(o) / H_k, offset_range_factor = 2 s.
+    """
+    n, _, h, w = q.shape
+    g, r, k = module.offset_groups, module.downsample_factor, module.offset_kernel_size
+    dw = module.to_offsets[0]
+    raw = F.conv2d(q.reshape(n * g, -1, h, w), dw.weight, dw.bias, stride=r, padding=k // 2,
+                   groups=dw.groups)
+    raw = module.to_offsets[1:](raw)
+    hk, wk = raw.shape[-2:]
+    factor = 2 * module.offset_scale
+    offset = torch.tanh(raw).reshape(n, g, 2, hk, wk) * factor
+    ref_y = torch.linspace(0.5, hk - 0.5, hk, dtype=q.dtype) / hk * 2 - 1
+    ref_x = torch.linspace(0.5, wk - 0.5, wk, dtype=q.dtype) / wk * 2 - 1
+    ny = ref_y[:, None] + offset[:, :, 1] / hk
+    nx = ref_x[None, :] + offset[:, :, 0] / wk
+    return (nx, ny), ((nx + 1) / 2 * (w - 1), (ny + 1) / 2 * (h - 1)), (hk, wk)
 
-    q = conv1x1(module.to_q, x)  # group_queries=False
+
+def _centre_points(module, q):
+    """Our sampling points ('centres') for q: normalised (x, y) in align_corners=False
+    coordinates and in pixels, each (N, G, H_k, W_k), and (H_k, W_k)."""
+    n, _, h, w = q.shape
+    g, r, k, s = (module.offset_groups, module.downsample_factor, module.offset_kernel_size,
+                  module.offset_scale)
     if module.key_grid == 'ceil':
         # Zero padding up to whole windows over every pixel, half before (odd one after).
         hk, wk = math.ceil(h / r), math.ceil(w / r)
@@ -209,27 +231,42 @@ def _direct(module, x):
     offsets = module.to_offsets[1:](offsets)[:, :, :hk, :wk]
     offsets = s * torch.tanh(offsets).reshape(n, g, 2, hk, wk)
     # Reference points: the centres of an hk x wk grid of cells over the map, in pixels.
-    ref_y = (torch.arange(hk, dtype=x.dtype) + 0.5) * h / hk - 0.5
-    ref_x = (torch.arange(wk, dtype=x.dtype) + 0.5) * w / wk - 0.5
-    qy, qx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype),
-                            indexing='ij')
+    ref_y = (torch.arange(hk, dtype=q.dtype) + 0.5) * h / hk - 0.5
+    ref_x = (torch.arange(wk, dtype=q.dtype) + 0.5) * w / wk - 0.5
+    py = ref_y[:, None] + offsets[:, :, 1] * h / hk
+    px = ref_x[None, :] + offsets[:, :, 0] * w / wk
+    # The pixel centre u maps to (2u + 1) / size - 1.
+    return ((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), (px, py), (hk, wk)
+
+
+def _direct(module, x):
+    """The defining equation with explicit pixel geometry, loops and matrix products."""
+    n, c, h, w = x.shape
+    g, heads, d = module.offset_groups, module.heads, module.dim_head
+    hpg, cg = heads // g, c // g
+
+    def conv1x1(layer, t):
+        out = torch.einsum('oc,nchw->nohw', layer.weight[:, :, 0, 0], t)
+        return out if layer.bias is None else out + layer.bias.view(1, -1, 1, 1)
+
+    q = conv1x1(module.to_q, x)  # group_queries=False
+    points = _dat_points if module.geometry == 'dat' else _centre_points
+    (nx, ny), (px, py), _ = points(module, q)
+    # The queries, normalised: (2u + 1) / size - 1 in both geometries (DAT: its reference
+    # points of the H x W grid).
+    qy, qx = torch.meshgrid((2 * torch.arange(h, dtype=x.dtype) + 1) / h - 1,
+                            (2 * torch.arange(w, dtype=x.dtype) + 1) / w - 1, indexing='ij')
     linears = [m for m in module.rel_pos_bias if isinstance(m, nn.Linear)]
     out = torch.zeros(n, heads * d, h * w, dtype=x.dtype)
     for b in range(n):
-        feats, pos = [], []
-        for gi in range(g):
-            py = ref_y[:, None] + offsets[b, gi, 1] * h / hk
-            px = ref_x[None, :] + offsets[b, gi, 0] * w / wk
-            feats.append(_bilinear(x[b, gi * cg:(gi + 1) * cg], px, py).reshape(cg, -1))
-            pos.append((px.flatten(), py.flatten()))
-        sampled = torch.cat(feats)  # (C, Nk)
+        sampled = torch.cat([_bilinear(x[b, gi * cg:(gi + 1) * cg], px[b, gi], py[b, gi])
+                             .reshape(cg, -1) for gi in range(g)])  # (C, Nk)
         keys = module.to_k.weight[:, :, 0, 0] @ sampled
         values = module.to_v.weight[:, :, 0, 0] @ sampled + module.to_v.bias[:, None]
         for head in range(heads):
-            px, py = pos[head // hpg]
-            # Normalised offsets query - key: the pixel centre u maps to (2u + 1) / size - 1.
-            dx = (2 * qx.reshape(-1, 1) + 1) / w - (2 * px.reshape(1, -1) + 1) / w
-            dy = (2 * qy.reshape(-1, 1) + 1) / h - (2 * py.reshape(1, -1) + 1) / h
+            gi = head // hpg
+            dx = qx.reshape(-1, 1) - nx[b, gi].reshape(1, -1)
+            dy = qy.reshape(-1, 1) - ny[b, gi].reshape(1, -1)
             hidden = torch.stack([dx, dy], -1)
             hidden = torch.sign(hidden) * torch.log(1 + hidden.abs())
             for layer in linears[:-1]:
@@ -251,6 +288,11 @@ def _direct(module, x):
     (dict(key_grid='floor', offset_groups=2), (10, 13)),
     (dict(key_grid='floor'), (3, 2)),
     (dict(key_grid='floor', downsample_factor=3, offset_kernel_size=4), (7, 5)),
+    (dict(geometry='dat', offset_groups=2), (10, 13)),
+    (dict(geometry='dat', downsample_factor=1, offset_kernel_size=5), (7, 5)),  # DAT-T's
+    (dict(geometry='dat', downsample_factor=3, offset_kernel_size=4, cpb_depth=2), (8, 11)),
+    (dict(geometry='dat', offset_scale=3), (9, 6)),
+    (dict(geometry='dat'), (1, 1)),
 ])
 def test_equation_against_direct_computation(kwargs, size):
     torch.manual_seed(0)
@@ -333,6 +375,8 @@ def test_offsets_change_the_output():
     (dict(cpb_depth=0), 'cpb_depth'),
     (dict(in_channels=0), 'in_channels'),
     (dict(key_grid='round'), "key_grid must be 'ceil' or 'floor', got 'round'"),
+    (dict(geometry='corners'), 'geometry must be one of'),
+    (dict(geometry='dat', key_grid='floor'), "key_grid='floor' applies to geometry='centres'"),
 ])
 def test_invalid_arguments(kwargs, argument):
     kwargs = dict(dict(in_channels=32), **kwargs)
@@ -359,3 +403,107 @@ def test_sampling_points_map_is_the_module_sampling_locations():
     bound = 2 * module.offset_scale / torch.tensor([5., 4.])
     assert ((m.values - m.origins).abs() <= bound + 1e-6).all()
     assert torch.equal(m.origins[0, :20], m.origins[0, 20:40])  # one grid per group
+
+
+# --- geometry='dat': DAT's sampling geometry and offset range ---------------------------------
+
+
+@pytest.mark.parametrize('kwargs,size', [
+    (dict(), (14, 10)), (dict(offset_scale=2.5, offset_groups=1), (9, 17)),
+    (dict(downsample_factor=1, offset_kernel_size=5), (7, 7)),
+    (dict(downsample_factor=8, offset_kernel_size=9), (56, 40)), (dict(), (1, 1))])
+def test_dat_reference_points_and_offset_scaling_are_the_official_equations(kwargs, size):
+    """float64: the locations are DAT's reference points (i + 0.5) / H_k * 2 - 1 moved by
+    offset_range_factor * tanh(o) / H_k (offset_range_factor = 2 s), with H_k from a conv
+    padded by k // 2, in align_corners=True coordinates (:func:`_dat_points`)."""
+    torch.manual_seed(0)
+    module = DeformableAttention2D(16, dim_head=4, heads=2, geometry='dat', **kwargs)
+    module = contract.perturb_parameters(module, scale=0.5).double()
+    x = torch.randn(2, 16, *size, dtype=torch.float64)
+    with torch.no_grad():
+        q = module.to_q(x)
+        locations = module.sampling_locations(q)
+        (nx, ny), _, (hk, wk) = _dat_points(module, q)
+    r, k = module.downsample_factor, module.offset_kernel_size
+    assert (hk, wk) == tuple((n + 2 * (k // 2) - k) // r + 1 for n in size)
+    expected = torch.stack((nx, ny), -1).flatten(0, 1)  # (N * G, H_k, W_k, 2)
+    torch.testing.assert_close(locations, expected, rtol=0, atol=1e-12)
+    assert (nx - locations[..., 0].reshape(nx.shape)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize('geometry,pixels', [
+    ('centres', (1.25, 4.75, 8.25, 11.75)), ('dat', (1.625, 4.875, 8.125, 11.375))])
+def test_zero_offset_keys_in_pixels_on_a_14_pixel_axis(geometry, pixels):
+    """The docstring's key positions (r = 4, k = 6: four keys per axis in both geometries),
+    read from the sampling-points map (align_corners=False: pixel (u + 1) size / 2 - 1/2)."""
+    module = _zero_offsets(DeformableAttention2D(16, dim_head=4, heads=2, geometry=geometry))
+    x = torch.randn(1, 16, 14, 14, dtype=torch.float64)
+    points = extract_maps(module.double(), x)['sampling_points']
+    pixels = torch.tensor(pixels)
+    ys = ((points.values[0, :, 1] + 1) * 7 - 0.5).reshape(2, 4, 4)
+    xs = ((points.values[0, :, 0] + 1) * 7 - 0.5).reshape(2, 4, 4)
+    torch.testing.assert_close(ys, pixels[:, None].expand(2, 4, 4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(xs, pixels.expand(2, 4, 4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(points.origins, points.values, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize('geometry,pixels', [('centres', 14.0), ('dat', 3.25)])
+def test_offset_range_in_pixels_on_a_14x14_map(geometry, pixels):
+    """Saturated offsets move every key by the docstring's range: r = 4 spacings of 3.5
+    pixels (ours) or offset_range_factor / H_k * (H - 1) / 2 = 2 / 4 * 6.5 (DAT's)."""
+    module = DeformableAttention2D(16, dim_head=4, heads=2, geometry=geometry).double()
+    with torch.no_grad():
+        module.to_offsets[0].bias.fill_(10.0)  # GELU inputs > 0: the offsets saturate
+        module.to_offsets[-1].weight.fill_(1e3)
+    x = torch.randn(2, 16, 14, 14, dtype=torch.float64)
+    points = extract_maps(module, x)['sampling_points']
+    moved = (points.values - points.origins) * 7  # align_corners=False: size / 2 per unit
+    torch.testing.assert_close(moved, torch.full_like(moved, pixels), rtol=0, atol=1e-6)
+
+
+def test_dat_sampling_points_map_is_in_the_maps_frame():
+    """geometry='dat' samples with align_corners=True; its map gives the same pixels in the
+    maps' align_corners=False coordinates."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(
+        DeformableAttention2D(16, dim_head=4, heads=2, geometry='dat'), scale=0.5).double()
+    x = torch.randn(2, 16, 9, 13, dtype=torch.float64)
+    points = extract_maps(module, x)['sampling_points']
+    with torch.no_grad():
+        _, (px, py), _ = _dat_points(module, module.to_q(x))
+    # extract_maps hands over float32 maps
+    torch.testing.assert_close(((points.values[..., 0] + 1) * 13 - 1) / 2,
+                               px.reshape(2, -1).float())
+    torch.testing.assert_close(((points.values[..., 1] + 1) * 9 - 1) / 2,
+                               py.reshape(2, -1).float())
+
+
+# --- norm_cfg=dict(type='LN'): a LayerNorm over the offset network's channels ----------------
+
+
+@pytest.mark.parametrize('size', [(14, 14), (32, 32)])
+def test_layer_norm_config_normalises_the_channels(size):
+    """At 14x14 mmcv's LayerNorm(8) on NCHW raised; at 32x32 (W_k = 8 = channels) it
+    normalised the width. Now every position's 8 channels are normalised."""
+    torch.manual_seed(0)
+    module = DeformableAttention2D(32, dim_head=8, heads=4, norm_cfg=dict(type='LN', eps=1e-6))
+    norm = module.to_offsets[1]
+    assert isinstance(norm, ChannelLayerNorm) and norm.norm.eps == 1e-6
+    seen = []
+    norm.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    module(torch.randn(2, 32, *size))
+    inp, out = seen[0]
+    keys = (2 * 4, math.ceil(size[0] / 4), math.ceil(size[1] / 4))
+    assert out.shape == inp.shape == (keys[0], 8, *keys[1:])
+    torch.testing.assert_close(out.mean(1), torch.zeros(keys), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.var(1, unbiased=False), torch.ones(keys), rtol=0, atol=1e-3)
+    expected = F.layer_norm(inp.permute(0, 2, 3, 1), (8, ), eps=1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(out, expected)
+
+
+def test_layer_norm_keys_and_parameters():
+    module = DeformableAttention2D(64, norm_cfg=dict(type='LN'))
+    keys = [k for k in module.state_dict() if k.startswith('to_offsets.')]
+    assert keys == ['to_offsets.0.weight', 'to_offsets.0.bias', 'to_offsets.1.norm.weight',
+                    'to_offsets.1.norm.bias', 'to_offsets.3.weight']
+    assert n_params(module) == expected_params(64) + 2 * 64  # E / G = 512 / 8 channels

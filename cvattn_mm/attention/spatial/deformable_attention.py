@@ -4,12 +4,13 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 from torch.utils.checkpoint import checkpoint
 
 from ...registry import register_model
 from ..base import AttentionModule
-from ..checks import check_divisible, check_int, check_positive_float
+from ..checks import check_choice, check_divisible, check_int, check_positive_float
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap
 
 
@@ -18,46 +19,82 @@ class DeformableAttention2D(AttentionModule):
     """Deformable multi-head attention (Xia et al., CVPR 2022, arXiv:2201.00520).
 
     ``q = W_q x``. An offset network shared by the ``G`` offset groups (depthwise
-    ``k x k`` conv with stride ``r`` on each group's queries, activation, 1x1 conv to 2,
-    ``s * tanh``) moves a reference grid of ``ceil(H/r) x ceil(W/r)`` points (``floor`` with
-    ``key_grid='floor'``):
-    ``p = p_ref + s * tanh(offset)`` (offsets in units of the grid spacing; the grid holds the
-    cell centres, ``(2i + 1) / H_k - 1`` in ``grid_sample``'s ``align_corners=False``
-    coordinates, ``(x, y)`` order). Each group's channels of ``x`` are sampled bilinearly at its
-    points, ``k = W_k x~``, ``v = W_v x~``, and every head of group g attends from every query
-    to its group's points: ``y = W_o concat_h softmax(q_h k_h^T / sqrt(d) + B_h) v_h`` with the
-    continuous relative position bias ``B = MLP(sign(d) log(1 + |d|))``, ``d = p_q - p`` in
-    normalised coordinates.
+    ``k x k`` conv with stride ``r`` on each group's queries, optional norm, activation, 1x1
+    conv to 2, ``s * tanh``) moves a reference grid of ``H_k x W_k`` points:
+    ``p = p_ref + s * tanh(offset)``, with ``p_ref = ((2j + 1) / W_k - 1, (2i + 1) / H_k - 1)``
+    in ``grid_sample``'s normalised coordinates, ``(x, y)`` order, and the offsets in
+    spacings of that grid (``2 / W_k``, ``2 / H_k``). Each group's channels of ``x`` are
+    sampled bilinearly at its points (zero outside the map), ``k = W_k x~``, ``v = W_v x~``,
+    and every head of group g attends from every query to its group's points:
+    ``y = W_o concat_h softmax(q_h k_h^T / sqrt(d) + B_h) v_h`` with the continuous relative
+    position bias ``B = MLP(sign(d) log(1 + |d|))``, ``d = p_q - p``, the queries ``p_q`` on
+    the ``H x W`` grid of the same formula.
+
+    The sampling geometry (``geometry``) says where these coordinates lie on the map:
+
+    * ``'centres'`` (default): ``align_corners=False``, so the reference points are the
+      centres of an ``H_k x W_k`` grid of cells over the map (pixel ``(i + 1/2) H / H_k -
+      1/2``) and the queries the pixel centres. The offset conv's input is zero-padded so
+      that its windows tile ``ceil(H/r)`` cells, centred on them when r divides H
+      (``key_grid='ceil'``), or ``max(floor(H/r), 1)`` cells from the top left, as a strided
+      conv does and as the ``deformable-attention`` package does (``key_grid='floor'``).
+      Offsets reach ``s = r`` spacings by default (the package's default).
+    * ``'dat'``: DAT's released code (CVPR 2022). The same numbers are read with
+      ``align_corners=True``: key i at pixel ``(i + 1/2)(H - 1) / H_k``, query i at
+      ``(2i + 1) / H - 1`` in that frame. The offset conv pads ``k // 2`` on each side:
+      ``H_k = floor((H + 2 floor(k/2) - k) / r) + 1`` (``ceil(H/r)`` for odd k), window i
+      centred on pixel ``i r`` for odd k. Offsets reach ``s = 1`` spacing by default: DAT's
+      ``offset_range_factor`` is ``2 s`` (its offsets are ``factor * tanh / H_k``).
+
     Parameters (``E = heads * dim_head``, ``Gq``/``Gkv`` = G when grouped else 1, ``D`` =
     ``cpb_dim``): ``C E / Gq + E`` (q) + ``C E / Gkv`` (k) + ``C E / Gkv + E`` (v) +
     ``E/G (k^2 + 1) + 2 E/G`` (offsets) + ``3 D + (depth - 1)(D^2 + D) + D heads/G`` (bias MLP)
     + ``E C + C`` (out), plus the optional offset norm; biases as set by the ``to_*_bias``
     flags (defaults shown).
 
-    Deviations: the position bias is the log-spaced continuous MLP of DAT++
-    (arXiv:2309.01430) instead of DAT's interpolated bias table. The attention width
-    ``E = heads * dim_head`` is independent of C (DAT uses E = C). The offset network has no
-    norm by default (DAT has a LayerNorm; ``norm_cfg`` adds one). ``W_k`` has no bias by
-    default (a key bias shifts all logits of a query equally; the softmax cancels it). The
-    offset network zero-pads its input so that its windows tile ``ceil(H/r)`` cells (centred
-    on them when ``r`` divides H) and the reference grid spreads the cell centres evenly over
-    the map, so every size down to 1x1 works (DAT assumes ``r`` divides the size; with
-    ``key_grid='floor'`` the windows tile ``max(floor(H/r), 1)`` cells from the top left, as a
-    strided conv does and as the ``deformable-attention`` package does). The
-    ``deformable-attention`` package's argument names are kept; its grid normalisation,
-    which mixes up height and width on non-square maps, is not. No residual: this is the
-    attention operator of a DAT block.
+    Deviations from DAT's code (models/dat_blocks.py, ``DAttentionBaseline``); with
+    ``geometry='dat'`` the first three are DAT's:
+
+    * Key positions: cell centres, against DAT's ``(i + 1/2)(H - 1) / H_k`` (on a 14-pixel
+      axis with ``H_k = 4``: pixels 1.25, 4.75, 8.25, 11.75 against 1.625, 4.875, 8.125,
+      11.375; with r = 1, DAT's keys and queries sit up to half a pixel off the pixel
+      centres, towards the middle). The repository's current code (DAT++, arXiv:2309.01430)
+      divides by ``H_k - 1`` instead, in the reference points and in the offset range: its
+      last row and column of reference points lie outside the map (pixel 15.17 of 14 above),
+      one key per axis divides by zero, and its queries are at ``2i / (H - 1) - 1``.
+    * Offset windows: zero padding up to whole windows (``key_grid``), against DAT's
+      ``k // 2`` on each side (DAT++: none when k = r).
+    * Offset range: ``r`` spacings by default, against DAT's ``offset_range_factor=2`` (its
+      stages 3-4), one spacing. On a 14x14 map with r = 4: up to 14 pixels (the whole map)
+      against ``(H - 1) / H_k`` = 3.25 pixels (DAT++'s code: ``(H - 1) / (H_k - 1)`` = 4.33;
+      DAT++'s configs use factor -1: offsets without tanh, positions clamped to [-1, 1]).
+    * Position bias: the log-spaced continuous MLP of DAT++ instead of DAT's interpolated
+      ``(2H - 1) x (2W - 1)`` table, with the input transform ``sign(d) ln(1 + |d|)`` of the
+      normalised displacement d (the geometry's coordinates); DAT++'s code uses
+      ``sign(d) log2(1 + 4|d|) / 3`` of d in its coordinates (``4d`` in [-8, 8] on the map),
+      a non-linear rescaling that an affine first layer cannot absorb.
+    * ``E = heads * dim_head`` is independent of C (DAT: ``E = C``).
+    * The offset network has no norm by default (DAT: a LayerNorm over the channels, which
+      ``norm_cfg=dict(type='LN')`` adds as a :class:`~..map_norm.ChannelLayerNorm`).
+    * ``W_k`` has no bias by default (a key bias shifts all logits of a query equally; the
+      softmax cancels it).
+    * The ``deformable-attention`` package's argument names are kept; its grid
+      normalisation, which mixes up height and width on non-square maps, is not.
+    * No residual: this is the attention operator of a DAT block.
 
     Args:
         in_channels (int): Channels C; divisible by ``offset_groups``.
         dim_head (int): Channels per head d.
         heads (int): Heads; divisible by ``offset_groups``.
         dropout (float): Dropout on the attention weights (training only).
-        downsample_factor (int): Stride r of the offset network (keys per axis: ceil(H/r)).
-        key_grid (str): ``'ceil'`` (default: every pixel lies in a window) or ``'floor'``
-            (the remainder of ``H / r`` is dropped, like lucidrains' package): how the key
-            grid rounds when r does not divide the map size.
-        offset_scale (float, optional): Largest offset s in grid spacings; default r.
+        downsample_factor (int): Stride r of the offset network.
+        key_grid (str, optional): With ``geometry='centres'``: ``'ceil'`` (default: every
+            pixel lies in a window) or ``'floor'`` (the remainder of ``H / r`` is dropped,
+            like lucidrains' package): how the key grid rounds when r does not divide the
+            map size. None with ``geometry='dat'`` (DAT's padding fixes the count).
+        geometry (str): ``'centres'`` or ``'dat'`` (see above).
+        offset_scale (float, optional): Largest offset s in spacings of the reference grid;
+            default r (``'centres'``) or 1 (``'dat'``: DAT's ``offset_range_factor=2``).
         offset_groups (int, optional): Offset groups G; default ``heads``.
         offset_kernel_size (int): Kernel k of the depthwise offset conv; >= r.
         group_queries (bool): ``W_q`` grouped by G (DAT: False).
@@ -65,7 +102,8 @@ class DeformableAttention2D(AttentionModule):
         to_q_bias, to_k_bias, to_v_bias, to_out_bias (bool): Biases of the projections.
         cpb_dim (int): Hidden width D of the position-bias MLP.
         cpb_depth (int): Hidden layers of the position-bias MLP.
-        norm_cfg (dict, optional): Norm after the depthwise offset conv; None for none.
+        norm_cfg (dict, optional): Norm after the depthwise offset conv, over its channels
+            (``'LN'``: :class:`~..map_norm.ChannelLayerNorm`); None for none.
         act_cfg (dict): Activation of the offset network.
         init_cfg (dict, optional): mmengine initialisation config.
 
@@ -85,7 +123,8 @@ class DeformableAttention2D(AttentionModule):
                  heads: int = 8,
                  dropout: float = 0.,
                  downsample_factor: int = 4,
-                 key_grid: str = 'ceil',
+                 key_grid: Optional[str] = None,
+                 geometry: str = 'centres',
                  offset_scale: Optional[float] = None,
                  offset_groups: Optional[int] = None,
                  offset_kernel_size: int = 6,
@@ -109,13 +148,20 @@ class DeformableAttention2D(AttentionModule):
         check_divisible(name, 'heads', heads, groups, 'offset_groups')
         check_divisible(name, 'in_channels', in_channels, groups, 'offset_groups')
         self.downsample_factor = check_int(name, 'downsample_factor', downsample_factor, 1)
-        if key_grid not in ('ceil', 'floor'):
-            raise ValueError(f"{name}: key_grid must be 'ceil' or 'floor', got {key_grid!r}")
+        self.geometry = check_choice(name, 'geometry', geometry, ('centres', 'dat'))
+        if geometry == 'centres':
+            key_grid = 'ceil' if key_grid is None else key_grid
+            if key_grid not in ('ceil', 'floor'):
+                raise ValueError(f"{name}: key_grid must be 'ceil' or 'floor', got {key_grid!r}")
+        elif key_grid is not None:
+            raise ValueError(f"{name}: key_grid={key_grid!r} applies to geometry='centres'; "
+                             "with geometry='dat' the offset conv pads k // 2 as DAT's does")
         self.key_grid = key_grid
         self.offset_kernel_size = check_int(name, 'offset_kernel_size', offset_kernel_size,
                                             downsample_factor)
-        self.offset_scale = check_positive_float(
-            name, 'offset_scale', downsample_factor if offset_scale is None else offset_scale)
+        if offset_scale is None:
+            offset_scale = downsample_factor if geometry == 'centres' else 1.0
+        self.offset_scale = check_positive_float(name, 'offset_scale', offset_scale)
         dropout = check_positive_float(name, 'dropout', dropout, allow_zero=True)
         if dropout >= 1:
             raise ValueError(f'{name}: dropout must be < 1, got {dropout}')
@@ -130,14 +176,15 @@ class DeformableAttention2D(AttentionModule):
         kv_groups = groups if group_key_values else 1
         self.to_k = nn.Conv2d(in_channels, inner, 1, groups=kv_groups, bias=to_k_bias)
         self.to_v = nn.Conv2d(in_channels, inner, 1, groups=kv_groups, bias=to_v_bias)
-        # The conv pads as for sizes that r divides; the rest is padded before calling it.
-        self._conv_padding = (offset_kernel_size - downsample_factor) // 2
+        # The conv pads k // 2 (DAT) or as for sizes that r divides; the module pads the rest.
+        k = offset_kernel_size
+        self._conv_padding = k // 2 if geometry == 'dat' else (k - downsample_factor) // 2
         offset_layers = [
             nn.Conv2d(offset_dims, offset_dims, offset_kernel_size, stride=downsample_factor,
                       padding=self._conv_padding, groups=offset_dims)
         ]
         if norm_cfg is not None:
-            offset_layers.append(build_norm_layer(norm_cfg, offset_dims)[1])
+            offset_layers.append(build_map_norm(norm_cfg, offset_dims))
         offset_layers += [build_activation_layer(act_cfg), nn.Conv2d(offset_dims, 2, 1, bias=False)]
         self.to_offsets = nn.Sequential(*offset_layers)
         # In-place ReLUs: each follows a fresh tensor whose backward does not need it.
@@ -149,7 +196,8 @@ class DeformableAttention2D(AttentionModule):
         self.to_out = nn.Conv2d(inner, in_channels, 1, bias=to_out_bias)
 
     def sampling_locations(self, q: torch.Tensor) -> torch.Tensor:
-        """Key locations ``(N * G, H_k, W_k, 2)``, ``(x, y)`` in ``[-1, 1]`` (align_corners=False).
+        """Key locations ``(N * G, H_k, W_k, 2)``, ``(x, y)`` in normalised coordinates of the
+        geometry (``grid_sample``'s ``align_corners=False``; True for ``'dat'``).
 
         ``q`` is the query map ``to_q(x)`` of shape ``(N, E, H, W)``.
         """
@@ -175,9 +223,11 @@ class DeformableAttention2D(AttentionModule):
         The padding for ``size = m r`` is ``k - r``, ``(k - r) // 2`` before (the windows are
         centred on the cells). ``ceil`` pads the remainder up to the next multiple, splitting
         the whole padding in two halves (an odd one to the end); ``floor`` pads as for the
-        multiple below, and the conv ignores the remainder at the end.
+        multiple below, and the conv ignores the remainder at the end. ``'dat'``: ``k // 2``.
         """
         r, k = self.downsample_factor, self.offset_kernel_size
+        if self.geometry == 'dat':
+            return (size + 2 * (k // 2) - k) // r + 1, k // 2, k // 2
         if self.key_grid == 'ceil':
             keys = (size + r - 1) // r  # no negative floor division
             pad = (keys - 1) * r + k - size
@@ -192,7 +242,7 @@ class DeformableAttention2D(AttentionModule):
         g = self.offset_groups
         sampled = F.grid_sample(
             x.reshape(n * g, c // g, h, w), locations.to(x.dtype), mode='bilinear',
-            padding_mode='zeros', align_corners=False)
+            padding_mode='zeros', align_corners=self.geometry == 'dat')
         return sampled.reshape(n, c, *locations.shape[1:3])
 
     def position_bias(self, locations: torch.Tensor, h: int, w: int,
@@ -291,19 +341,23 @@ class DeformableAttention2D(AttentionModule):
 
     def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
         """``'sampling_points'``: the keys' locations ``(N, G * H_k * W_k, 2)``, ``(x, y)`` in
-        ``[-1, 1]``, with the reference grid they were moved from as origins."""
+        ``[-1, 1]`` (``align_corners=False``, also for ``'dat'``), with the reference grid they
+        were moved from as origins."""
         locations = self.sampling_locations(self.to_q(x))  # (N * G, H_k, W_k, 2)
-        n = x.shape[0]
+        n, _, h, w = x.shape
         origins = reference_points(*locations.shape[1:3], locations.dtype, locations.device)
-        origins = origins.expand_as(locations).reshape(n, -1, 2)
+        origins = origins.expand_as(locations)
+        if self.geometry == 'dat':  # align_corners=True: pixel (u + 1) (size - 1) / 2
+            to_map = locations.new_tensor(((w - 1) / w, (h - 1) / h))
+            locations, origins = locations * to_map, origins * to_map
         return {'sampling_points': AttentionMap(
             'points', locations.reshape(n, -1, 2),
-            f'sampling points ({self.offset_groups} groups)', origins)}
+            f'sampling points ({self.offset_groups} groups)', origins.reshape(n, -1, 2))}
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, heads={self.heads}, dim_head={self.dim_head}, '
                 f'offset_groups={self.offset_groups}, downsample_factor={self.downsample_factor}, '
-                f'key_grid={self.key_grid!r}')
+                f'geometry={self.geometry!r}, key_grid={self.key_grid!r}')
 
 
 def _log_spaced(d: torch.Tensor) -> torch.Tensor:
