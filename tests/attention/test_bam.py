@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cvattn_mm.attention.channel_spatial.bam import BAM
+from cvattn_mm.attention.fast_backward import fast_backward
 from cvattn_mm.visualization import extract_maps
 
 from . import contract
@@ -152,6 +153,117 @@ def test_batch_one_in_training_uses_running_stats():
     # On a larger map the spatial norms use batch statistics as usual (and update them).
     module.train()(torch.randn(1, 32, 5, 5))
     assert not torch.equal(module.spatial_norms[0].running_mean, spatial_mean)
+
+
+def fast_and_plain(module, x, grad_out, inputs=True):
+    """Output and gradients (of x if it requires one, and of every trainable parameter) with
+    the hand-written backward and with plain autograd; the first output's grad_fn name."""
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    results, names = [], []
+    for enabled in (True, False):
+        module.load_state_dict(state)
+        xi = x.detach().clone().requires_grad_(inputs)
+        wanted = [xi] * inputs + [p for p in module.parameters() if p.requires_grad]
+        with fast_backward(enabled):
+            y = module(xi)
+            results.append((y, torch.autograd.grad(y, wanted, grad_out)))
+        names.append(y.grad_fn.name())
+    return results, names[0]
+
+
+@pytest.mark.parametrize('fusion', ['add', 'mul'])
+@pytest.mark.parametrize('shape', [(2, 16, 5, 7), (3, 16, 1, 6), (1, 16, 1, 1)])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_hand_written_backward_equals_autograd(fusion, shape, training):
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(BAM(16, reduction=4, fusion=fusion), 0.5).double()
+    module.train(training)
+    x = torch.randn(shape, dtype=torch.double)
+    grad_out = torch.randn(shape, dtype=torch.double)
+    ((y_fast, fast), (y_plain, plain)), name = fast_and_plain(module, x, grad_out)
+    assert name == '_BAMFunctionBackward'
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-12, atol=1e-12)
+    for f, p in zip(fast, plain, strict=True):
+        torch.testing.assert_close(f, p, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('fusion', ['add', 'mul'])
+@pytest.mark.parametrize('variant', ['channels_last', 'hooked', 'pre_hooked', 'conv'])
+def test_hand_written_backward_layouts_and_first_conv(fusion, variant):
+    """channels_last inputs; the first conv's gradients are written by hand only for a
+    hook-free PointwiseConv2d (a hook or another conv type takes autograd's path)."""
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(BAM(16, reduction=4, fusion=fusion), 0.5).double()
+    x = torch.randn(2, 16, 5, 7, dtype=torch.double)
+    calls = []
+    if variant == 'channels_last':
+        x = x.to(memory_format=torch.channels_last)
+    elif variant == 'hooked':
+        module.spatial_convs[0].register_forward_hook(lambda *args: calls.append(1))
+    elif variant == 'pre_hooked':
+        module.spatial_convs[0].register_forward_pre_hook(lambda *args: calls.append(1))
+    else:
+        conv = torch.nn.Conv2d(16, 4, 1, bias=False).double()
+        conv.load_state_dict(module.spatial_convs[0].state_dict())
+        module.spatial_convs[0] = conv
+    grad_out = torch.randn(x.shape, dtype=torch.double)
+    ((y_fast, fast), (y_plain, plain)), name = fast_and_plain(module, x, grad_out)
+    assert name == '_BAMFunctionBackward'
+    assert len(calls) == (2 if 'hooked' in variant else 0)
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-12, atol=1e-12)
+    for f, p in zip(fast, plain, strict=True):
+        torch.testing.assert_close(f, p, rtol=1e-10, atol=1e-12)
+    if variant == 'channels_last':
+        assert fast[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_hand_written_backward_without_input_gradient_or_with_frozen_branches():
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(BAM(16, reduction=4, fusion='mul'), 0.5).double()
+    x = torch.randn(2, 16, 5, 6, dtype=torch.double)
+    grad_out = torch.randn(x.shape, dtype=torch.double)
+    for frozen in ('', 'channel', 'spatial'):
+        module.requires_grad_(True)
+        for name, p in module.named_parameters():
+            p.requires_grad_(not name.startswith(frozen) or not frozen)
+        for inputs in (False, True):
+            ((y_fast, fast), (_, plain)), name = fast_and_plain(module, x, grad_out, inputs)
+            assert name == '_BAMFunctionBackward', (frozen, inputs)
+            for f, p in zip(fast, plain, strict=True):
+                torch.testing.assert_close(f, p, rtol=1e-10, atol=1e-12)
+
+
+def test_hand_written_backward_twice_and_gradcheck():
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(BAM(8, reduction=2, fusion='mul'), 0.5).double().eval()
+    x = torch.randn(2, 8, 3, 4, dtype=torch.double, requires_grad=True)
+    module(x).sum().backward(retain_graph=False)
+    first = x.grad.clone()
+    out = module(x)
+    out.sum().backward(retain_graph=True)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, 3 * first)
+    assert torch.autograd.gradcheck(module, (x.detach().requires_grad_(), ))
+
+
+def test_hand_written_backward_under_bf16_autocast():
+    torch.manual_seed(0)
+    module = contract.perturb_parameters(BAM(32, reduction=4, fusion='mul'), 0.3)
+    x = torch.randn(2, 32, 6, 5)
+    results = []
+    for enabled in (True, False):
+        xi = x.clone().requires_grad_()
+        with fast_backward(enabled), torch.autocast('cpu', dtype=torch.bfloat16):
+            y = module(xi)
+        y.float().sum().backward()
+        results.append((y, xi.grad, [p.grad for p in module.parameters()]))
+        module.zero_grad(set_to_none=True)
+    (y_fast, gx_fast, gp_fast), (y_plain, gx_plain, gp_plain) = results
+    assert y_fast.dtype == y_plain.dtype and gx_fast.dtype == gx_plain.dtype
+    contract.assert_close_rel(y_fast, y_plain, 2e-2, 'output')
+    contract.assert_close_rel(gx_fast, gx_plain, 2e-2, 'input gradient')
+    for f, p in zip(gp_fast, gp_plain, strict=True):
+        contract.assert_close_rel(f, p, 5e-2, 'parameter gradient')
 
 
 @pytest.mark.parametrize('channels', [256, 2048])

@@ -4,10 +4,13 @@ from typing import Dict, Tuple
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
+from torch.autograd.function import once_differentiable
+from torch.nn.modules import module as module_hooks
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_int, reduced_channels
+from ..fast_backward import amp_backward, amp_forward, fast_backward_params, is_tracing
 from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
@@ -31,6 +34,14 @@ class BAM(AttentionModule):
     official code pools with a square ``H x H`` window (wrong on non-square maps); here GAP.
     In training, a batch norm that sees one value per channel (batch 1 in the channel branch,
     or batch 1 of a 1x1 map) uses its running statistics instead of raising.
+
+    Speed: the 1x1 convs are :class:`~cvattn_mm.attention.pointwise.PointwiseConv2d` layers,
+    and with gradients the block runs as one Function with a hand-written backward
+    (``_BAMFunction``; the branches inside it are differentiated by autograd) that writes
+    three tensors of the size of ``x`` in forward+backward where autograd writes 12 ('add')
+    or 14 ('mul'). It is not twice differentiable; ``CVATTN_FAST_BACKWARD=0`` or
+    :func:`cvattn_mm.attention.fast_backward.set_fast_backward` ``(False)`` runs plain
+    autograd instead.
 
     Args:
         in_channels (int): Channels C.
@@ -75,7 +86,7 @@ class BAM(AttentionModule):
         self.channel_act = build_activation_layer(act_cfg)
         self.channel_fc2 = PointwiseConv2d(hidden, in_channels)
 
-        convs = [nn.Conv2d(in_channels, hidden, 1, bias=False)]
+        convs = [PointwiseConv2d(in_channels, hidden, bias=False)]
         convs += [
             nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation, bias=False)
             for _ in range(num_dilated)
@@ -85,19 +96,27 @@ class BAM(AttentionModule):
             build_norm_layer(norm_cfg, hidden)[1] for _ in range(num_dilated + 1))
         self.spatial_acts = nn.ModuleList(
             build_activation_layer(act_cfg) for _ in range(num_dilated + 1))
-        self.spatial_out = nn.Conv2d(hidden, 1, 1)
+        self.spatial_out = PointwiseConv2d(hidden, 1)
+
+    def channel_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The channel logits ``Mc`` (N, C, 1, 1) of the average-pooled ``x`` (N, C, 1, 1)."""
+        hidden = norm_any_batch(self.channel_norm, self.channel_fc1(pooled))
+        return self.channel_fc2(self.channel_act(hidden))
+
+    def spatial_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial logits ``Ms`` (N, 1, H, W) of ``x``."""
+        return self.spatial_tail(self.spatial_convs[0](x))
+
+    def spatial_tail(self, h: torch.Tensor) -> torch.Tensor:
+        """``Ms`` (N, 1, H, W) from the output ``h`` (N, C/r, H, W) of the first 1x1 conv."""
+        # Sequential layers of one branch (not parallel branches): nothing to batch.
+        for i, (norm, act) in enumerate(zip(self.spatial_norms, self.spatial_acts, strict=True)):
+            h = act(norm_any_batch(norm, self.spatial_convs[i](h) if i else h))
+        return self.spatial_out(h)
 
     def branch_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The channel logits ``Mc`` (N, C, 1, 1) and the spatial logits ``Ms`` (N, 1, H, W)."""
-        mc = self.channel_act(norm_any_batch(self.channel_norm,
-                                             self.channel_fc1(x.mean((2, 3), keepdim=True))))
-        mc = self.channel_fc2(mc)
-        ms = x
-        # Sequential layers of one branch (not parallel branches): nothing to batch.
-        for conv, norm, act in zip(self.spatial_convs, self.spatial_norms, self.spatial_acts,
-                                   strict=True):
-            ms = act(norm_any_batch(norm, conv(ms)))
-        return mc, self.spatial_out(ms)
+        return self.channel_logits(x.mean((2, 3), keepdim=True)), self.spatial_logits(x)
 
     def fuse(self, mc: torch.Tensor, ms: torch.Tensor) -> torch.Tensor:
         """The attention logits (N, C, H, W) of the branch logits: ``Mc + Ms`` or ``Mc * Ms``."""
@@ -105,7 +124,13 @@ class BAM(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return x + x * torch.sigmoid(self.fuse(*self.branch_logits(x)))
+        params = fast_backward_params((x, ), self)
+        if params is not None:
+            return _BAMFunction.apply(x, self, *params)
+        mc, ms = self.branch_logits(x)
+        if torch.is_grad_enabled() or is_tracing():  # one graph in any grad mode
+            return x + x * torch.sigmoid(self.fuse(mc, ms))
+        return _gate(x, mc, ms, self.fusion == 'mul')
 
     def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
         """'channel_gate' ``sigmoid(Mc)`` (N, C), 'spatial_gate' ``sigmoid(Ms)`` (N, H, W) and
@@ -124,3 +149,128 @@ class BAM(AttentionModule):
         return (f'in_channels={self.in_channels}, reduction={self.reduction}, '
                 f'dilation={self.dilation}, num_dilated={self.num_dilated}, '
                 f'fusion={self.fusion!r}')
+
+
+def _empty_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor shaped as ``x``, channels_last if ``x`` is, else contiguous (so that
+    ``flatten(2)`` is a view of it)."""
+    channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                     and not x.is_contiguous())
+    return torch.empty_like(x, dtype=dtype, memory_format=torch.channels_last
+                            if channels_last else torch.contiguous_format)
+
+
+def _sigmoid_logits(x: torch.Tensor, mc: torch.Tensor, ms: torch.Tensor,
+                    mul: bool) -> torch.Tensor:
+    """``sigmoid(Mc * Ms)`` or ``sigmoid(Mc + Ms)`` as a new tensor of the shape, memory
+    format and (promoted) dtype of ``x * (Mc + Ms)``."""
+    dtype = torch.promote_types(x.dtype, torch.promote_types(mc.dtype, ms.dtype))
+    return (torch.mul if mul else torch.add)(mc, ms, out=_empty_like(x, dtype)).sigmoid_()
+
+
+def _gate(x: torch.Tensor, mc: torch.Tensor, ms: torch.Tensor, mul: bool) -> torch.Tensor:
+    """``x + x * sigmoid(Mc * Ms or Mc + Ms)`` written into one new tensor of the size of x."""
+    gate = _sigmoid_logits(x, mc, ms, mul)
+    return torch.addcmul(x, x, gate, out=gate)
+
+
+def _hand_differentiable(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a bias-free :class:`PointwiseConv2d` without hooks: the layer
+    whose gradients :class:`_BAMFunction` computes by hand."""
+    hooks = (layer._forward_hooks, layer._forward_pre_hooks, layer._backward_hooks,
+             layer._backward_pre_hooks, module_hooks._global_forward_hooks,
+             module_hooks._global_forward_pre_hooks, module_hooks._global_backward_hooks,
+             module_hooks._global_backward_pre_hooks)
+    return type(layer) is PointwiseConv2d and layer.bias is None and not any(hooks)
+
+
+class _BAMFunction(torch.autograd.Function):
+    """BAM's block ``y = x (1 + s)``, ``s = sigmoid(a)``, ``a = Mc * Ms`` or ``Mc + Ms``.
+
+    The branches run under autograd inside, from leaves: the pooled ``x`` (channel) and the
+    output ``h`` of the first 1x1 conv (spatial) if that conv is :func:`_hand_differentiable`,
+    else ``x`` itself (the conv is then differentiated by autograd too).
+
+    Backward from ``g = dL/dy``: ``dL/da = g s (1 - s) x``, summed over C (times ``Mc`` for
+    'mul') for ``dL/dMs`` and over H, W (times ``Ms``) for ``dL/dMc``; the branches give the
+    gradients of the leaves and of their parameters;
+    ``dL/dx = g (1 + s) + dL/dpooled / (H W) + W^T dL/dh`` (``W`` the first conv's weight;
+    the batched product accumulates into the buffer of the first term) and
+    ``dL/dW = sum_n dL/dh_n x_n^T``. New tensors of the size of ``x``: ``s`` and ``y`` in
+    forward, ``dL/dx`` in backward, which computes ``dL/da`` in the buffer of ``s`` (a second
+    backward, with ``retain_graph``, recomputes ``s``).
+    """
+
+    @staticmethod
+    @amp_forward
+    def forward(ctx, x: torch.Tensor, module: BAM, *params) -> torch.Tensor:
+        first = module.spatial_convs[0]
+        ctx.by_hand = _hand_differentiable(first)
+        x_ = x.detach()
+        pooled = x_.mean((2, 3), keepdim=True).requires_grad_()
+        with torch.enable_grad():
+            if ctx.by_hand:
+                with torch.no_grad():
+                    h = first(x_)
+                ctx.leaf = h.requires_grad_()
+            else:
+                ctx.leaf = x_.requires_grad_()
+                h = first(ctx.leaf)
+            ctx.mc = module.channel_logits(pooled)
+            ctx.ms = module.spatial_tail(h)
+        ctx.save_for_backward(x)
+        ctx.pooled, ctx.params, ctx.first_weight = pooled, params, first.weight
+        ctx.mul = module.fusion == 'mul'
+        # s, kept for the first backward, which overwrites it
+        ctx.gate = _sigmoid_logits(x, ctx.mc.detach(), ctx.ms.detach(), ctx.mul)
+        return torch.addcmul(x, x, ctx.gate, out=_empty_like(x, ctx.gate.dtype))
+
+    @staticmethod
+    @amp_backward
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, = ctx.saved_tensors
+        mc, ms = ctx.mc.detach(), ctx.ms.detach()
+        n, c, h, w = x.shape
+        need_x = ctx.needs_input_grad[0]
+        gate = getattr(ctx, 'gate', None)
+        if gate is None:  # retain_graph: the first backward consumed s
+            gate = _sigmoid_logits(x, mc, ms, ctx.mul)
+        else:
+            del ctx.gate
+        grad_x = torch.addcmul(grad, grad, gate, out=_empty_like(gate, gate.dtype)) if (
+            need_x) else None
+        grad_a = torch.ops.aten.sigmoid_backward.grad_input(grad, gate, grad_input=gate)
+        grad_a = grad_a.mul_(x).flatten(2)  # (N, C, H W): a view in both memory formats
+        if ctx.mul:  # row vector times matrix (matrix times vector is ~4x slower in bmm)
+            grad_mc = torch.bmm(ms.to(grad_a.dtype).reshape(n, 1, h * w), grad_a.transpose(1, 2))
+            grad_ms = torch.bmm(mc.to(grad_a.dtype).reshape(n, 1, c), grad_a)
+        else:
+            grad_mc, grad_ms = grad_a.sum(2), grad_a.sum(1)
+        del grad_a, gate
+        hand_weight = ctx.by_hand and ctx.first_weight.requires_grad
+        inputs = [ctx.pooled, ctx.leaf, *ctx.params]
+        wanted = [need_x, need_x or hand_weight] + [
+            p.requires_grad and not (ctx.by_hand and p is ctx.first_weight) for p in ctx.params]
+        found = iter(torch.autograd.grad(
+            (ctx.mc, ctx.ms), [t for t, want in zip(inputs, wanted) if want],
+            (grad_mc.reshape(mc.shape).to(mc.dtype), grad_ms.reshape(ms.shape).to(ms.dtype)),
+            retain_graph=True, allow_unused=True))
+        grads = [next(found) if want else None for want in wanted]
+        grad_pooled, grad_leaf, grad_params = grads[0], grads[1], grads[2:]
+        if need_x:
+            if ctx.by_hand:  # += W^T dL/dh, accumulated by the product itself
+                weight_t = ctx.first_weight.flatten(1).t().to(grad_x.dtype).expand(n, -1, -1)
+                grad_x.flatten(2).baddbmm_(weight_t, grad_leaf.reshape(n, -1, h * w).to(
+                    grad_x.dtype))
+            else:
+                grad_x.add_(grad_leaf.to(grad_x.dtype))
+            grad_x.add_(grad_pooled.to(grad_x.dtype) / (h * w))
+        if hand_weight:
+            grad_weight = torch.bmm(grad_leaf.reshape(n, -1, h * w),
+                                    x.flatten(2).transpose(1, 2).to(grad_leaf.dtype)).sum(0)
+            grad_params = [grad_weight.view_as(p).to(p.dtype) if p is ctx.first_weight else g
+                           for p, g in zip(ctx.params, grad_params)]
+        grad_params = [g if ctx.needs_input_grad[2 + i] else None
+                       for i, g in enumerate(grad_params)]
+        return (grad_x, None, *grad_params)
