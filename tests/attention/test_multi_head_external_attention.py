@@ -183,3 +183,33 @@ def test_errors_name_the_subclass():
         sub(16, coef=0)
     with pytest.raises(ValueError, match=r'MyMHEA.forward_tokens'):
         sub(16).forward_tokens(torch.randn(2, 3, 8))
+
+
+class TokenForm(torch.nn.Module):
+    """``forward_tokens`` of a module as a forward (for ``torch.func.functional_call``)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module.forward_tokens(x)
+
+
+@pytest.mark.parametrize('tokens', [False, True], ids=['nchw', 'tokens'])
+def test_gradcheck_float64(tokens):
+    """Computed in float64 for a float64 input (no fp32 step): the gradients of the input and
+    of every parameter pass torch.autograd.gradcheck, in both forms."""
+    torch.manual_seed(0)
+    module = MultiHeadExternalAttention(8, num_heads=2, coef=2, memory_size=3).double()
+    x = torch.randn(2, 8, 3, 4, dtype=torch.double)
+    if tokens:
+        module, x = TokenForm(module), x.flatten(2).transpose(1, 2).contiguous()
+    params = {name: p.detach().clone().requires_grad_() for name, p in module.named_parameters()}
+    x.requires_grad_()
+
+    def run(x, *values):
+        return torch.func.functional_call(module, dict(zip(params, values)), (x,))
+
+    assert run(x, *params.values()).dtype == torch.double
+    assert torch.autograd.gradcheck(run, (x, *params.values()))

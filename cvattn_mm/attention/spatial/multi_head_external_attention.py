@@ -17,10 +17,12 @@ class LayoutLinear(nn.Linear):
     It takes ``(..., in_features)`` and returns ``(..., out_features)`` with the values of
     ``nn.Linear`` (same state-dict keys, hooks, FLOP counting). When the feature axis of the
     input is not its innermost axis in memory (the (B, L, C) transposed view of a
-    channel-first (B, C, L) map, or a head split of it), the product runs as one batched
-    ``W @ X`` over the memory order, without copying the input, and the output has the
-    input's layout: a chain of such layers on a channel-first map never transposes it, and
-    reductions over the positions read them contiguously.
+    channel-first (B, C, L) map, or a head split of it), the product runs as ``W @ X`` over
+    the memory order (a batched matmul, or a kernel-1 convolution when ``out_features``
+    exceeds the columns per batch element, which keeps the weight gradient one matrix),
+    without copying the input, and the output has the input's layout: a chain of such
+    layers on a channel-first map never transposes it, and reductions over the positions
+    read them contiguously.
 
     Args:
         in_features (int): Input width.
@@ -39,11 +41,14 @@ class LayoutLinear(nn.Linear):
         outer, inner = dense.shape[:axis], dense.shape[axis + 1:]
         batch, rest = outer.numel(), inner.numel()
         mats = dense.reshape(batch, self.in_features, rest)
-        weight = self.weight.expand(batch, -1, -1)
-        if self.bias is None:
-            out = torch.bmm(weight, mats)
+        if self.out_features > rest:
+            # A batched product's weight gradient would be one (out, in) matrix per batch
+            # element, larger than the output; the convolution accumulates into one.
+            out = F.conv1d(mats, self.weight[:, :, None], self.bias)
+        elif self.bias is None:
+            out = torch.bmm(self.weight.expand(batch, -1, -1), mats)
         else:
-            out = torch.baddbmm(self.bias[:, None], weight, mats)
+            out = torch.baddbmm(self.bias[:, None], self.weight.expand(batch, -1, -1), mats)
         out = out.view(*outer, self.out_features, *inner)
         return out.permute([order.index(i) for i in range(x.dim())])
 
@@ -65,7 +70,8 @@ class MultiHeadExternalAttention(AttentionModule):
     map stays channel-first throughout (no transposed copy; the softmax over positions reads
     them contiguously). Both return the attention output only: no hidden residual (the
     transformer block adds its own).
-    The normalisations run in fp32 under autocast (``1e-9`` underflows in fp16).
+    The normalisations run in the promotion of the input dtype and fp32 (fp32 under fp16 or
+    bf16 autocast, where ``1e-9`` would underflow; float64 for float64 inputs).
 
     Deviations: none (``attn_drop``/``proj_drop`` as the official code; ``memory_size``
     defaults to the official ``256 // coef``).
@@ -119,9 +125,10 @@ class MultiHeadExternalAttention(AttentionModule):
 
     @staticmethod
     def _softmax(logits: torch.Tensor, pos_dim: int) -> torch.Tensor:
-        """Softmax over the positions, in fp32, computed where they are innermost in memory
-        (the channel-first layout of ``forward``) so that it reads them contiguously."""
-        logits = logits.float()
+        """Softmax over the positions, in the promotion of the logits' dtype and fp32, computed
+        where they are innermost in memory (the channel-first layout of ``forward``) so that
+        it reads them contiguously."""
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         last = logits.dim() - 1  # non-negative axes: the ONNX exporter's permutations need them
         if logits.stride(pos_dim) == 1 and logits.stride(last) != 1:
             return logits.movedim(pos_dim, last).softmax(last).movedim(last, pos_dim)
