@@ -3,6 +3,7 @@ and plain autograd when the fast path is switched off."""
 import pytest
 import torch
 
+from cvattn_mm.attention import gating
 from cvattn_mm.attention.branch.sk import SK
 from cvattn_mm.attention.channel.eca import ECA
 from cvattn_mm.attention.channel.se import SE
@@ -227,6 +228,41 @@ def test_switch_off_runs_plain_autograd(name):
     for g, e, f in zip(got, expected, fast, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(g, f, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('helper', ['pooled_gate', 'axis_pooled_gates', 'selective_sum'])
+@pytest.mark.parametrize('autocast', [True, False])
+def test_backward_runs_under_the_autocast_state_of_the_forward(helper, autocast):
+    """The Functions' amp decorators on CPU: the gate network is differentiated under the
+    forward's autocast state, also when backward is called after the autocast region."""
+    layer = torch.nn.Linear(16, 16)
+    states = []
+
+    def record(gate):
+        gate.register_hook(lambda grad: states.append(torch.is_autocast_enabled('cpu')))
+        return gate
+
+    def gate(v):  # (N, C, 1, 1) -> (N, C, 1, 1), a matmul that autocast runs in bf16
+        return record(torch.sigmoid(layer(v.flatten(1))))[:, :, None, None]
+
+    x = torch.randn(2, 16, 4, 5, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        if helper == 'pooled_gate':
+            out = gating.pooled_gate(x, gate, layer)
+        elif helper == 'axis_pooled_gates':
+            out = gating.axis_pooled_gates(
+                x, lambda rows, columns: (
+                    record(torch.sigmoid(rows)),
+                    torch.sigmoid(layer(columns.transpose(1, 3)).transpose(1, 3))), layer)
+        else:
+            out = gating.selective_sum(
+                [x, 2 * x], lambda s: torch.stack((gate(s), 1 - gate(s)), 1), layer)
+    assert out.grad_fn.name().startswith('_')  # the hand-written backward
+    assert (out.dtype == torch.float32) and (layer.weight.dtype == torch.float32)
+    out.float().sum().backward()
+    assert states and all(state == autocast for state in states)
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    assert layer.weight.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
