@@ -204,9 +204,12 @@ def _timm_sk_state(ours):
 
 def _timm_non_local(ours):
     from timm.layers import NonLocalAttn
-    if ours.mode != 'embedded_gaussian' or ours.sub_sample or ours.norm is None:
-        raise ValueError("timm's NonLocalAttn only has the embedded-Gaussian mode with a BN and "
-                         f'no sub-sampling, got mode={ours.mode!r}, sub_sample={ours.sub_sample}')
+    if (ours.mode != 'embedded_gaussian' or ours.sub_sample or ours.norm is None
+            or ours.use_scale):
+        raise ValueError("timm's NonLocalAttn only has the embedded-Gaussian mode with a BN, no "
+                         'sub-sampling and a scale of 1/sqrt(C) or none (the pair: use_scale='
+                         f'False), got mode={ours.mode!r}, sub_sample={ours.sub_sample}, '
+                         f'use_scale={ours.use_scale}')
     return NonLocalAttn(ours.in_channels, use_scale=False, rd_channels=ours.inter_channels)
 
 
@@ -251,8 +254,11 @@ def _mmcv_non_local(ours):
     from mmcv.cnn import NonLocal2d
     norm = ours.norm
     norm_cfg = None if norm is None else dict(type='BN', eps=norm.eps, momentum=norm.momentum)
+    if ours.sub_sample and ours.sub_sample_at != 'embedding':
+        raise ValueError("mmcv's NonLocal2d sub-samples phi(x) and g(x): the pair needs "
+                         f"sub_sample_at='embedding', got {ours.sub_sample_at!r}")
     peer = NonLocal2d(ours.in_channels, sub_sample=ours.sub_sample, reduction=ours.reduction,
-                      use_scale=False, norm_cfg=norm_cfg, mode=ours.mode)
+                      use_scale=ours.use_scale, norm_cfg=norm_cfg, mode=ours.mode)
     assert peer.inter_channels == ours.inter_channels, (peer.inter_channels,
                                                        ours.inter_channels)
     return peer
@@ -352,12 +358,16 @@ PEERS: List[Peer] = [
          differences='timm splits the input channels across the branches by default; the pair '
          'sets split_input=False (each branch sees all channels, as in the paper).'),
     Peer('NonLocalBlock', 'timm NonLocalAttn', 'timm', _timm_non_local, _timm_non_local_state,
-         differences='timm scales the logits by 1/sqrt(C) by default (the pair sets '
-         'use_scale=False) and only has the embedded-Gaussian mode without sub-sampling; its '
-         'W_z conv has a bias before the BN (set to zero).'),
+         ours_cfg=lambda in_channels: dict(use_scale=False),
+         differences='timm scales the logits by 1/sqrt(C) where ours (and the official code) '
+         'scale by 1/sqrt(d): the pair sets use_scale=False on both; timm only has the '
+         'embedded-Gaussian mode without sub-sampling; its W_z conv has a bias before the BN '
+         '(set to zero).'),
     Peer('NonLocalBlock', 'mmcv NonLocal2d', 'mmcv', _mmcv_non_local, _mmcv_non_local_state,
-         differences='mmcv scales embedded-Gaussian logits by 1/sqrt(d) by default (the pair '
-         'sets use_scale=False); its sub-sampling floors odd maps where ours ceils.',
+         ours_cfg=lambda in_channels: dict(sub_sample_at='embedding'),
+         differences="mmcv sub-samples phi(x) and g(x) (the pair sets sub_sample_at='embedding'; "
+         'the official code pools x first, our default); its sub-sampling floors odd maps '
+         'where ours ceils.',
          incomparable=_mmcv_non_local_incomparable),
     Peer('CoordAttention', 'timm CoordAttn', 'timm', _timm_coord, lambda ours: ours.state_dict(),
          differences="timm's defaults have no conv bias and width C/16 * 2/3 rounded to 8; the "
