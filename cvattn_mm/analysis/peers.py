@@ -344,8 +344,8 @@ PEERS: List[Peer] = [
     Peer('CBAM', 'timm CbamModule', 'timm', _timm_cbam, _timm_cbam_state,
          differences='timm pools [mean; max] for the spatial gate, ours [max; mean] (official '
          'code): the copy swaps the two input channels of the spatial conv. timm runs the '
-         'channel MLP twice (avg and max), ours once on a 1x2 map. timm has no MLP bias by '
-         'default: the pair sets mlp_bias=True.'),
+         'channel MLP twice (avg and max), ours once on one batch of 2N vectors. timm has no '
+         'MLP bias by default: the pair sets mlp_bias=True.'),
     Peer('GC', 'timm GlobalContext', 'timm', _timm_gc, _timm_gc_state,
          differences="timm's defaults are a 'mul' fusion with C/8; the pair takes ours "
          "('add', C/16). timm's LayerNorm2d has eps 1e-6 (set to ours) and normalises the "
