@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cvattn_mm.attention.map_norm import ChannelLayerNorm
-from cvattn_mm.attention.spatial.deformable_attention import DeformableAttention2D
+from cvattn_mm.attention.spatial.deformable_attention import DeformableAttention2D, TallLinear
 from cvattn_mm.registry import MODELS
 from cvattn_mm.visualization import extract_maps
 
@@ -301,6 +301,30 @@ def test_equation_against_direct_computation(kwargs, size):
     x = torch.randn(2, 8, *size, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(module(x), _direct(module, x), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize('shape', [(5, ), (7, 5), (2, 3, 4, 5)])
+@pytest.mark.parametrize('bias', [True, False])
+def test_tall_linear_is_a_linear(shape, bias):
+    """The position-bias MLP's layer type: nn.Linear's values and gradients for any
+    (..., in_features) input; a matrix input gives the product itself, not a view."""
+    torch.manual_seed(0)
+    plain = nn.Linear(5, 3, bias=bias).double()
+    tall = TallLinear(5, 3, bias=bias).double()
+    tall.load_state_dict(plain.state_dict())
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    outs, grads = [], []
+    for layer in (plain, tall):
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+        outs.append(y)
+        grads.append([x.grad.clone()] + [p.grad for p in layer.parameters()])
+        x.grad = None
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-14)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    if len(shape) == 2:
+        assert outs[1]._base is None
 
 
 class _LowRank(nn.Module):
