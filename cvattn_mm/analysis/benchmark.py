@@ -334,7 +334,7 @@ def run_benchmark(modules: Sequence[str], shapes: Sequence[Sequence[int]],
     Returns:
         dict: ``modules``, ``peers`` and ``models``: lists of records.
     """
-    from .peers import peers_of
+    from .references import peers_of
 
     cases = []
     for shape in shapes:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..version import __version__
 from .benchmark import Timing, default_modules, run_benchmark
 from .device import device_name, resolve_device
-from .peers import all_peers
+from .references import all_peers
 
 DEFAULT_SHAPES = ['8x256x56x56', '8x1024x14x14']
 

@@ -11,7 +11,7 @@ Peers: timm (``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``,
 ``NonLocal2d``) and lucidrains' ``deformable-attention`` (``DeformableAttention2D``).
 timm's ``GatherExcite`` and mmcv's ``CrissCrossAttention`` have no counterpart here.
 Modules without a package peer have a reference instead (:mod:`.references`, a Peer whose
-package is torch); :func:`peers_of` lists both.
+package is torch); :func:`.references.peers_of` lists both.
 """
 import contextlib
 import importlib
@@ -95,18 +95,6 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
                 t.copy_(values.abs() * 0.5 + 0.5 if name.endswith('running_var')
                         else values * 0.5)
     return module
-
-
-def all_peers() -> List[Peer]:
-    """The package peers (``PEERS``), then the references of the modules without one
-    (:data:`cvattn_mm.analysis.references.REFERENCES`)."""
-    from .references import REFERENCES  # references are Peers: imported late
-    return PEERS + REFERENCES
-
-
-def peers_of(module: str) -> List[Peer]:
-    """The peers of our module ``module`` (a registry name), references included."""
-    return [p for p in all_peers() if p.module == module]
 
 
 def _renamed(state: State, renames: Dict[str, str]) -> State:

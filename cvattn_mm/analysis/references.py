@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .peers import Peer, State
+from .peers import PEERS, Peer, State
 
 
 def reference(module: str, official: str, build, state, **options) -> Peer:
@@ -637,3 +637,14 @@ REFERENCES: List[Peer] = [
               differences='None with our defaults. On a 1x1 map the official code gives NaN.',
               incomparable=_one_position),
 ]
+
+
+def all_peers() -> List[Peer]:
+    """The package peers (:data:`~cvattn_mm.analysis.peers.PEERS`), then the references of
+    the modules without one (:data:`REFERENCES`)."""
+    return PEERS + REFERENCES
+
+
+def peers_of(module: str) -> List[Peer]:
+    """The peers of our module ``module`` (a registry name), references included."""
+    return [p for p in all_peers() if p.module == module]

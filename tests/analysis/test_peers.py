@@ -4,7 +4,8 @@ import torch
 
 import cvattn_mm  # noqa: F401
 from cvattn_mm.analysis.complexity import count_flops
-from cvattn_mm.analysis.peers import PEERS, build_pair, copy_weights, peers_of, randomize
+from cvattn_mm.analysis.peers import PEERS, build_pair, copy_weights, randomize
+from cvattn_mm.analysis.references import peers_of
 from cvattn_mm.attention.catalog import attention_classes
 
 C = 64

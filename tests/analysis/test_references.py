@@ -4,8 +4,8 @@ import torch
 
 import cvattn_mm  # noqa: F401
 from cvattn_mm.analysis.benchmark import Timing, benchmark_peer
-from cvattn_mm.analysis.peers import PEERS, all_peers, build_pair, copy_weights, peers_of, randomize
-from cvattn_mm.analysis.references import REFERENCES
+from cvattn_mm.analysis.peers import PEERS, build_pair, copy_weights, randomize
+from cvattn_mm.analysis.references import REFERENCES, all_peers, peers_of
 from cvattn_mm.attention.catalog import attention_classes
 
 C = 32
