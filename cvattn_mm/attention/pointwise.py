@@ -15,8 +15,8 @@ class PointwiseConv2d(nn.Conv2d):
     kernel differs, and the values are the same:
 
     * on 1x1 maps (pooled vectors) it is ``F.linear`` on the (N, C) view, about 2x faster
-      on CPU than the convolution dispatch (not while tracing: a traced graph takes the
-      route below, which is valid for any map size);
+      on CPU than the convolution dispatch (while tracing, ``F.linear`` on the (N, H W, C)
+      tokens: one graph valid for every map size, with the same values on 1x1 maps);
     * on larger maps it is ``W (C_out, C) @ x (N, C, H W)``: ``x.flatten(2)`` is a view for
       contiguous and channels_last inputs, and the product's backward avoids oneDNN's slow
       backward of convolutions with few output channels (e.g. the C -> 1 scores of GCNet's
@@ -34,7 +34,10 @@ class PointwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         weight = self.weight.flatten(1)  # a view also for channels_last weights
-        if not is_tracing() and h == 1 and w == 1:
+        if is_tracing():
+            tokens = F.linear(x.flatten(2).transpose(1, 2), weight, self.bias)
+            return tokens.transpose(1, 2).reshape(n, -1, h, w)
+        if h == 1 and w == 1:
             return F.linear(x.flatten(1), weight, self.bias)[:, :, None, None]
         # the weight expanded to a batch, so that FLOP counters see a batched matmul
         weight, x = weight.expand(n, -1, -1), x.flatten(2)

@@ -95,7 +95,9 @@ def test_insertions_command_lists_the_sites(tmp_path):
     with contextlib.redirect_stdout(out):
         main(['insertions', str(cfg)])
     lines = out.getvalue().strip().splitlines()
-    assert lines[1].split()[:4] == ['backbone.layer1.0.bn2', '64', 'nchw', 'SE']
-    assert len(lines) == 2 + 8
+    # the path relative to the InsertAttention's module (pasteable into at=), in its column
+    assert lines[1].split()[:5] == ['backbone', 'layer1.0.bn2', '64', 'nchw', 'SE']
+    assert len(lines) == 2 + 8 + 1  # header, 8 rows, total, the note on relative paths
     # SE at C = 64, 128, 256, 512: 2 x (580 + 2184 + 8464 + 33312)
-    assert lines[-1].startswith('8 attention modules, 89,080 parameters added')
+    assert lines[-2].startswith('8 attention modules (8 inserted, 0 plug-ins), 89,080 '
+                                'parameters added')
