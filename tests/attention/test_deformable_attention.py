@@ -344,7 +344,7 @@ def test_a_wrapped_first_bias_layer_is_applied_exactly():
         torch.testing.assert_close(y, merged(x), rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(y, _direct(merged, x), rtol=1e-9, atol=1e-10)
     assert (y - plain).abs().max() > 1e-3  # the wrapper does change the bias
-    assert len(inputs) == 1 and inputs[0].shape[-1] == 2
+    assert len(inputs) == 2 and all(t.shape[-1] == 2 for t in inputs)  # (f_x, 0), (0, f_y)
 
 
 def _with_linear(module, first):

@@ -253,19 +253,20 @@ class DeformableAttention2D(AttentionModule):
         on a grid, so its first (affine) layer ``L`` splits as ``L(f_x, f_y) = L(f_x, 0) +
         (L(0, f_y) - L(0, 0))``: a per-(column, key) plus a per-(row, key) term, broadcast to
         (row, column, key) without materialising the (query, key, 2) displacements. The layer
-        is called once on these ``(W + H) N_k + 1`` inputs, so whatever replaces or wraps it
-        (LoRA, quantisation) is applied, exactly if it is affine. See :meth:`_bias_mlp` for
+        is called on the ``W N_k`` inputs ``(f_x, 0)`` and on the ``H N_k`` inputs ``(0, f_y)``
+        and ``(0, 0)`` (two calls: no output of twice the size), so whatever replaces or wraps
+        it (LoRA, quantisation) is applied, exactly if it is affine. See :meth:`_bias_mlp` for
         the chunking over query rows. ``dtype``: the dtype the layers compute in.
         """
         queries = reference_points(h, w, locations.dtype, locations.device)
         keys = locations.flatten(1, 2)  # (N * G, Nk, 2)
         fx, fy = (_log_spaced(q[None, :, None] - keys[:, None, :, i]).to(dtype)
                   for i, q in enumerate((queries[0, :, 0], queries[:, 0, 1])))
-        inputs = torch.cat((F.pad(fx[..., None], (0, 1)).flatten(0, -2),  # (f_x, 0)
-                            F.pad(fy[..., None], (1, 0)).flatten(0, -2),  # (0, f_y)
-                            fx.new_zeros(1, 2)))
-        column, row, origin = self.rel_pos_bias[0](inputs).split((fx.numel(), fy.numel(), 1))
-        row = (row - origin).view(*fy.shape, -1)  # (N * G, H, Nk, D)
+        first = self.rel_pos_bias[0]
+        column = first(F.pad(fx[..., None], (0, 1)).flatten(0, -2))  # L(f_x, 0)
+        row = first(torch.cat((F.pad(fy[..., None], (1, 0)).flatten(0, -2),  # L(0, f_y)
+                               fy.new_zeros(1, 2))))  # and L(0, 0)
+        row = (row[:-1] - row[-1]).view(*fy.shape, -1)  # (N * G, H, Nk, D)
         bias = self._bias_mlp(row, column.view(*fx.shape, -1))  # (N * G, H, W, Nk, heads / G)
         return bias.permute(0, 4, 1, 2, 3).reshape(-1, self.heads, h * w, keys.shape[1])
 
