@@ -22,10 +22,22 @@ def test_the_default_scope_picks_the_registry(tmp_path):
         assert type(model).__module__.startswith(f'{scope}.models')
 
 
+def current_scope():
+    """(instance name, scope name) of the current default scope; mmengine restores the scope
+    table from a deep copy, so the instance objects themselves change."""
+    scope = DefaultScope.get_current_instance()
+    return None if scope is None else (scope.instance_name, scope.scope_name)
+
+
 def test_the_scope_is_the_default_only_while_building(tmp_path):
-    current = DefaultScope.get_current_instance()
-    build_model(write_config(tmp_path, 'mmdet'))
-    assert DefaultScope.get_current_instance() is current
+    def check():
+        current = current_scope()
+        build_model(write_config(tmp_path, 'mmdet'))
+        assert current_scope() == current
+
+    check()
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        check()
 
 
 def test_options_and_model_cfg(tmp_path):
