@@ -67,6 +67,22 @@ def _stage_ends(stage_paths: List[str], position: str) -> Optional[List[str]]:
     return None
 
 
+def _resnet_convs(model: nn.Module, blocks: list, bottleneck: bool) -> List[str]:
+    """The stem conv(s), then per block conv1, conv2 (, conv3) and the downsample conv."""
+    def convs_in(prefix: str) -> List[str]:
+        module = model.get_submodule(prefix)
+        return [f'{prefix}.{name}' for name, m in module.named_modules()
+                if isinstance(m, nn.Conv2d)]
+
+    stem = convs_in('stem') if getattr(model, 'deep_stem', False) else ['conv1']
+    paths = list(stem)
+    for path, block in blocks:
+        paths += [f'{path}.conv{i}' for i in ((1, 2, 3) if bottleneck else (1, 2))]
+        if block.downsample is not None:
+            paths += convs_in(f'{path}.downsample')
+    return paths
+
+
 @register_preset('ResNet')
 def resnet_places(model: nn.Module, position: str) -> Optional[List[str]]:
     """ResNet, ResNetV1c/V1d, ResNeXt (mmpretrain, mmdet, mmseg), Bottleneck and BasicBlock."""
@@ -74,6 +90,12 @@ def resnet_places(model: nn.Module, position: str) -> Optional[List[str]]:
     blocks = [(f'{stage}.{i}', block) for stage in stages
               for i, block in enumerate(getattr(model, stage))]
     bottleneck = hasattr(blocks[0][1], 'conv3')
+    if position == 'before_every_conv':
+        return [f'{p}:input' for p in _resnet_convs(model, blocks, bottleneck)]
+    if position == 'stage_last_residual_end':
+        position = 'residual_end'
+        blocks = [(f'{stage}.{len(getattr(model, stage)) - 1}', getattr(model, stage)[-1])
+                  for stage in stages]
     position, blocks = _late_blocks(position, blocks, stages[0])
     if position == 'residual_end':
         return [f'{p}.{b.norm3_name if bottleneck else b.norm2_name}' for p, b in blocks]

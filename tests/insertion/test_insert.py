@@ -316,3 +316,51 @@ def test_options_set_by_the_parent_reach_the_backbone():
     assert segmentor.backbone.init_cfg == dict(type='Pretrained',
                                                checkpoint='local/resnet18.pth')
     assert len(segmentor.backbone.attention_sites) == 8
+
+
+@pytest.mark.parametrize('backbone,scope,stem', [
+    (R50, 'mmpretrain', ['conv1']),
+    (dict(type='ResNetV1d', depth=50), 'mmpretrain', ['stem.0.conv', 'stem.1.conv', 'stem.2.conv']),
+    (dict(type='ResNetV1c', depth=50), 'mmseg', ['stem.0', 'stem.3', 'stem.6']),
+    (R18, 'mmdet', ['conv1']),
+])
+def test_before_every_conv_and_stage_last_residual_end(backbone, scope, stem):
+    """GCT's and GSoP's paper positions: the input of every conv (stem, blocks, shortcut
+    projections), and the residual end of each stage's last block only."""
+    from cvattn_mm.insertion.presets import resnet_places
+    plain = build(backbone, scope)
+    every_conv = resnet_places(plain, 'before_every_conv')
+    convs = [p for p, m in plain.named_modules() if isinstance(m, nn.Conv2d)]
+    assert every_conv == [f'{p}:input' for p in convs]  # all of them, in forward order
+    assert every_conv[:len(stem)] == [f'{p}:input' for p in stem]
+    bottleneck = backbone.get('depth') == 50
+    blocks = [3, 4, 6, 3] if bottleneck else [2, 2, 2, 2]
+    assert len(convs) == len(stem) + sum(blocks) * (3 if bottleneck else 2) + (
+        4 if bottleneck else 3)
+    last = resnet_places(plain, 'stage_last_residual_end')
+    norm = 'bn3' if bottleneck else 'bn2'
+    assert last == [f'layer{i + 1}.{n - 1}.{norm}' for i, n in enumerate(blocks)]
+
+    model = with_attention(backbone, scope,
+                           dict(attention=dict(type='SE', reduction=1), at=every_conv,
+                                identity_init=True),
+                           dict(attention='SE', at=last, identity_init=True))
+    sites = list(model.attention_sites.values())
+    assert len(sites) == len(convs) + 4
+    assert sites[0].channels == 3  # the image itself, before the stem
+    assert all(s.channels == plain.get_submodule(s.path.removesuffix(':input')).in_channels
+               for s in sites if s.path.endswith(':input'))
+    model.load_state_dict(plain.state_dict(), strict=False)
+    evaluated(model), evaluated(plain)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for out, ref in zip(model(x), plain(x)):
+            assert torch.equal(out, ref)
+
+
+def test_new_positions_are_refused_where_undefined():
+    from cvattn_mm.insertion.presets import swin_places
+    swin = build(dict(type='SwinTransformer', depths=(2, 2, 2, 2), embed_dims=32,
+                      num_heads=(1, 2, 4, 8)), 'mmdet')
+    assert swin_places(swin, 'before_every_conv') is None
+    assert swin_places(swin, 'stage_last_residual_end') is None
