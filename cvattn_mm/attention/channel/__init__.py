@@ -1,8 +1,10 @@
 """Channel attention: gates computed from a global descriptor of each channel."""
 from .eca import ECA
 from .gc import GC
+from .gct import GCT
+from .gsop import GSoP
 from .se import SE
 from .simplified_non_local import SimplifiedNonLocal
 from .srm import SRM
 
-__all__ = ['ECA', 'GC', 'SE', 'SimplifiedNonLocal', 'SRM']
+__all__ = ['ECA', 'GC', 'GCT', 'GSoP', 'SE', 'SimplifiedNonLocal', 'SRM']
