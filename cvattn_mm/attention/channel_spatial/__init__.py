@@ -2,9 +2,10 @@
 from .bam import BAM
 from .cbam import CBAM
 from .coord_attention import CoordAttention
+from .gam import GAM
 from .scsa import SCSA
 from .scse import SCSE
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'SCSA', 'SCSE', 'SimAM', 'TripletAttention']
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'GAM', 'SCSA', 'SCSE', 'SimAM', 'TripletAttention']
