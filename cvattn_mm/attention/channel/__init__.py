@@ -1,5 +1,6 @@
 """Channel attention: gates computed from a global descriptor of each channel."""
 from .eca import ECA
+from .fca import FCA
 from .gc import GC
 from .gct import GCT
 from .gsop import GSoP
@@ -7,4 +8,4 @@ from .se import SE
 from .simplified_non_local import SimplifiedNonLocal
 from .srm import SRM
 
-__all__ = ['ECA', 'GC', 'GCT', 'GSoP', 'SE', 'SimplifiedNonLocal', 'SRM']
+__all__ = ['ECA', 'FCA', 'GC', 'GCT', 'GSoP', 'SE', 'SimplifiedNonLocal', 'SRM']
