@@ -588,6 +588,47 @@ def _srm(ours):
     return SRMReference(ours.in_channels, ours.bn, ours.eps)
 
 
+# --- FCA -------------------------------------------------------------------------------
+
+
+class FCAReference(nn.Module):
+    """FcaNet's attention as in the official ``cfzd/FcaNet``, ``model/layer.py``
+    (``MultiSpectralAttentionLayer`` at aa5fb63): a map of another size than the DCT grid is
+    adaptive-average-pooled to it (``F.adaptive_avg_pool2d``), multiplied by the fixed
+    filters (C, g_h, g_w) and summed over H, W; bias-free Linear, ReLU, Linear, sigmoid;
+    times x. The filters are a persistent buffer (loaded from ours).
+
+    Args:
+        channels (int): C.
+        hidden (int): The bottleneck width.
+        grid_size ((int, int)): The DCT grid.
+    """
+
+    def __init__(self, channels: int, hidden: int, grid_size):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.register_buffer('weight', torch.zeros(channels, *self.grid_size))
+        self.fc = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
+                                nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        pooled = x
+        if (h, w) != self.grid_size:
+            pooled = F.adaptive_avg_pool2d(x, self.grid_size)
+        y = torch.sum(pooled * self.weight, dim=[2, 3])
+        return x * self.fc(y).view(n, c, 1, 1).expand_as(x)
+
+
+def _fca(ours):
+    return FCAReference(ours.in_channels, ours.fc[0].out_features, ours.grid_size)
+
+
+def _fca_state(ours):
+    return {'weight': ours.dct_layer.weight, 'fc.0.weight': ours.fc[0].weight,
+            'fc.2.weight': ours.fc[2].weight}
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -636,6 +677,10 @@ REFERENCES: List[Peer] = [
               _srm, lambda ours: dict(ours.state_dict()),
               differences='None with our defaults. On a 1x1 map the official code gives NaN.',
               incomparable=_one_position),
+    reference('FCA', 'cfzd/FcaNet model/layer.py', _fca, _fca_state,
+              differences='The same math with our defaults (a 7x7 grid); the official code '
+              'pools other sizes with adaptive_avg_pool2d and multiplies by the filters, ours '
+              'folds the pooling into the filters (the same values up to rounding).'),
 ]
 
 
