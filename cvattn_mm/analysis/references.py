@@ -629,6 +629,40 @@ def _fca_state(ours):
             'fc.2.weight': ours.fc[2].weight}
 
 
+
+# --- GCT -------------------------------------------------------------------------------
+
+
+class GCTReference(nn.Module):
+    """GCT as in the official ``z-x-yang/GCT``, ``PyTorch/GCT.py`` (``GCT``, @68983ed).
+
+    'l2': the embedding ``(sum_{H,W} x^2 + eps)^0.5 * alpha``, the norm
+    ``gamma / (mean_C(embedding^2) + eps)^0.5``; 'l1': ``sum_{H,W} |x|`` (or ``x`` after a
+    ReLU) times alpha, ``gamma / (mean_C |embedding| + eps)``; ``x * (1 + tanh(embedding *
+    norm + beta))``, all in the input's dtype. Parameters (1, C, 1, 1).
+    """
+
+    def __init__(self, channels: int, eps: float, mode: str, after_relu: bool):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.eps, self.mode, self.after_relu = eps, mode, after_relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == 'l2':
+            embedding = (x.pow(2).sum((2, 3), keepdim=True) + self.eps).pow(0.5) * self.alpha
+            norm = self.gamma / (embedding.pow(2).mean(1, keepdim=True) + self.eps).pow(0.5)
+        else:
+            embedding = (x if self.after_relu else x.abs()).sum((2, 3), keepdim=True)
+            embedding = embedding * self.alpha
+            norm = self.gamma / (embedding.abs().mean(1, keepdim=True) + self.eps)
+        return x * (1. + torch.tanh(embedding * norm + self.beta))
+
+
+def _gct(ours):
+    return GCTReference(ours.in_channels, ours.eps, ours.mode, ours.after_relu)
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -673,6 +707,10 @@ REFERENCES: List[Peer] = [
               'unscaled; the copy folds our gamma into the value conv (the same function). It '
               'pools with floor and upsamples by ds (H, W multiples of ds only); the '
               'reference pools with ceil_mode and crops, as ours, which changes nothing there.'),
+    reference('GCT', 'z-x-yang/GCT PyTorch/GCT.py', _gct, lambda ours: dict(ours.state_dict()),
+              differences='None with our defaults (the same parameters and ops; bit-identical '
+              'outputs in float32 and float64). The official code sums in the input dtype, '
+              'ours in float32 for fp16/bf16 inputs.'),
     reference('SRM', 'hyunjaelee410/style-based-recalibration-module recalibration_modules.py',
               _srm, lambda ours: dict(ours.state_dict()),
               differences='None with our defaults. On a 1x1 map the official code gives NaN.',
