@@ -4,8 +4,9 @@ from .fca import FCA
 from .gc import GC
 from .gct import GCT
 from .gsop import GSoP
+from .nam import NAM
 from .se import SE
 from .simplified_non_local import SimplifiedNonLocal
 from .srm import SRM
 
-__all__ = ['ECA', 'FCA', 'GC', 'GCT', 'GSoP', 'SE', 'SimplifiedNonLocal', 'SRM']
+__all__ = ['ECA', 'FCA', 'GC', 'GCT', 'GSoP', 'NAM', 'SE', 'SimplifiedNonLocal', 'SRM']
