@@ -29,6 +29,16 @@ class ChannelLayerNorm(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(channels, **kwargs)
 
+    @property
+    def weight(self):
+        """The affine weight (as on mmcv's other norms, for initialisations)."""
+        return self.norm.weight
+
+    @property
+    def bias(self):
+        """The affine bias."""
+        return self.norm.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 

@@ -32,6 +32,7 @@ def test_the_inner_layer_norm_sees_channels_last_inputs():
     norm(torch.randn(2, 4, 3, 5))
     assert seen == [(2, 3, 5, 4)]
     assert sorted(norm.state_dict()) == ['norm.bias', 'norm.weight']
+    assert norm.weight is norm.norm.weight and norm.bias is norm.norm.bias
 
 
 @pytest.mark.parametrize('norm_type', ['LN', 'LayerNorm', nn.LayerNorm])
@@ -52,3 +53,29 @@ def test_build_map_norm_other_types_are_mmcv_s(cfg, cls):
     norm = build_map_norm(cfg, 8)
     assert type(norm) is cls
     assert cfg['type'] in ('BN', 'GN', 'IN')  # the caller's config is left unchanged
+
+
+def modules_with_a_norm_cfg():
+    import inspect
+
+    from cvattn_mm.attention.catalog import attention_classes
+    from cvattn_mm.registry import MODELS
+    return [name for name in attention_classes()
+            if 'norm_cfg' in inspect.signature(MODELS.get(name).__init__).parameters]
+
+
+@pytest.mark.parametrize('name', modules_with_a_norm_cfg())
+def test_every_norm_cfg_takes_a_layer_norm_over_the_channels(name):
+    """mmcv's dict(type='LN') is nn.LayerNorm(C) on the last axis: every module builds its
+    map norms through build_map_norm, so a LayerNorm normalises channels, at any width."""
+    from cvattn_mm.registry import MODELS
+    module = MODELS.build(dict(type=name, in_channels=64, norm_cfg=dict(type='LN')))
+    layer_norms = [(p, m) for p, m in module.named_modules() if isinstance(m, nn.LayerNorm)]
+    assert layer_norms, f'{name} builds no LayerNorm from norm_cfg LN'
+    for path, norm in layer_norms:
+        parent = module.get_submodule(path.rpartition('.')[0]) if '.' in path else module
+        # a LayerNorm over the channels: inside a ChannelLayerNorm, or over (C', 1, 1)
+        assert isinstance(parent, ChannelLayerNorm) or norm.normalized_shape[1:] == (1, 1), path
+    x = torch.randn(2, 64, 9, 11)
+    module.train()(x).sum().backward()
+    assert module.eval()(x).shape == x.shape

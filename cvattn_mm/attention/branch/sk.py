@@ -3,12 +3,13 @@ from typing import Dict, List
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_divisible, check_int, reduced_channels
 from ..gating import selective_sum
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
@@ -88,11 +89,11 @@ class SK(AttentionModule):
             nn.Sequential(
                 nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation,
                           groups=groups, bias=False),
-                build_norm_layer(norm_cfg, in_channels)[1],
+                build_map_norm(norm_cfg, in_channels),
                 build_activation_layer(act_cfg))
             for dilation in range(1, num_branches + 1))
         self.fc_reduce = PointwiseConv2d(in_channels, self.hidden, bias=False)
-        self.fc_norm = build_norm_layer(norm_cfg, self.hidden)[1]
+        self.fc_norm = build_map_norm(norm_cfg, self.hidden)
         self.fc_act = build_activation_layer(act_cfg)
         self.fc_select = PointwiseConv2d(self.hidden, num_branches * in_channels, bias=False)
 

@@ -3,11 +3,11 @@ from typing import Dict
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_positive_float
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, channel_map
 from ..norm import norm_any_batch
 
@@ -64,7 +64,7 @@ class SRM(AttentionModule):
         self.eps = check_positive_float(owner, 'eps', eps, allow_zero=True)
         self.variance = check_choice(owner, 'variance', variance, ('unbiased', 'biased'))
         self.cfc = nn.Parameter(torch.empty(in_channels, 2))
-        self.bn = build_norm_layer(norm_cfg, in_channels)[1]
+        self.bn = build_map_norm(norm_cfg, in_channels)
         self.init_special()
 
     def init_special(self) -> None:

@@ -3,7 +3,7 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as module_hooks
 
@@ -11,6 +11,7 @@ from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_int, reduced_channels
 from ..fast_backward import amp_backward, amp_forward, fast_backward_params, is_tracing
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
@@ -82,7 +83,7 @@ class BAM(AttentionModule):
         self.reduction = reduction
 
         self.channel_fc1 = PointwiseConv2d(in_channels, hidden, bias=False)
-        self.channel_norm = build_norm_layer(norm_cfg, hidden)[1]
+        self.channel_norm = build_map_norm(norm_cfg, hidden)
         self.channel_act = build_activation_layer(act_cfg)
         self.channel_fc2 = PointwiseConv2d(hidden, in_channels)
 
@@ -93,7 +94,7 @@ class BAM(AttentionModule):
         ]
         self.spatial_convs = nn.ModuleList(convs)
         self.spatial_norms = nn.ModuleList(
-            build_norm_layer(norm_cfg, hidden)[1] for _ in range(num_dilated + 1))
+            build_map_norm(norm_cfg, hidden) for _ in range(num_dilated + 1))
         self.spatial_acts = nn.ModuleList(
             build_activation_layer(act_cfg) for _ in range(num_dilated + 1))
         self.spatial_out = PointwiseConv2d(hidden, 1)

@@ -3,12 +3,13 @@ from typing import Dict
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_odd, reduced_channels
 from ..gating import pooled_gate
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
@@ -89,7 +90,7 @@ class CBAM(AttentionModule):
         if use_spatial:
             self.spatial_conv = nn.Conv2d(
                 2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
-            self.spatial_norm = build_norm_layer(norm_cfg, 1)[1]
+            self.spatial_norm = build_map_norm(norm_cfg, 1)
         self.init_special()
 
     def init_special(self) -> None:

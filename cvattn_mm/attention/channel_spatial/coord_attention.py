@@ -3,12 +3,13 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import reduced_channels
 from ..gating import axis_pooled_gates
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, spatial_map
 
 
@@ -69,7 +70,7 @@ class CoordAttention(AttentionModule):
         self.reduction = reduction
         self.mip = mip
         self.conv1 = nn.Conv2d(in_channels, mip, 1)
-        self.bn1 = build_norm_layer(norm_cfg, mip)[1]
+        self.bn1 = build_map_norm(norm_cfg, mip)
         self.act = build_activation_layer(act_cfg)
         self.conv_h = nn.Conv2d(mip, in_channels, 1)
         self.conv_w = nn.Conv2d(mip, in_channels, 1)

@@ -3,12 +3,12 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_odd
 from ..gating import pooled_gates_sum
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, spatial_map
 
 
@@ -81,12 +81,12 @@ class TripletAttention(AttentionModule):
         self.no_spatial = check_choice(owner, 'no_spatial', no_spatial, (False, True))
         pad = kernel_size // 2
         self.conv_cw = nn.Conv2d(2, 1, kernel_size, padding=pad, bias=False)
-        self.bn_cw = build_norm_layer(norm_cfg, 1)[1]
+        self.bn_cw = build_map_norm(norm_cfg, 1)
         self.conv_hc = nn.Conv2d(2, 1, kernel_size, padding=pad, bias=False)
-        self.bn_hc = build_norm_layer(norm_cfg, 1)[1]
+        self.bn_hc = build_map_norm(norm_cfg, 1)
         if not no_spatial:
             self.conv_hw = nn.Conv2d(2, 1, kernel_size, padding=pad, bias=False)
-            self.bn_hw = build_norm_layer(norm_cfg, 1)[1]
+            self.bn_hw = build_map_norm(norm_cfg, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -4,13 +4,13 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 from torch.autograd.function import once_differentiable
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_int
 from ..fast_backward import amp_backward, amp_forward, fast_backward_params, is_plain_layer
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, weights_map
 from ..pointwise import PointwiseConv2d
 
@@ -102,7 +102,7 @@ class ExternalAttention(AttentionModule):
         self.memory_key = PointwiseConv1d(in_channels, memory_size, bias=False)
         self.memory_value = PointwiseConv1d(memory_size, in_channels, bias=False)
         self.conv2 = PointwiseConv2d(in_channels, in_channels, bias=norm_cfg is None)
-        self.norm = build_norm_layer(norm_cfg, in_channels)[1] if norm_cfg else None
+        self.norm = build_map_norm(norm_cfg, in_channels) if norm_cfg else None
         self._official_init()
 
     def _official_init(self):

@@ -4,11 +4,11 @@ from typing import Dict, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_norm_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, reduced_channels
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, query_weight_maps
 from ..pointwise import PointwiseConv2d
 
@@ -145,7 +145,7 @@ class NonLocalBlock(AttentionModule):
             # w_f of the paper: a 1x1 conv 2d -> 1 (no bias) on [theta_i; phi_j].
             self.concat_project = PointwiseConv2d(2 * d, 1, bias=False)
         self.conv_out = PointwiseConv2d(d, in_channels, bias=norm_cfg is None)
-        self.norm = build_norm_layer(norm_cfg, in_channels)[1] if norm_cfg else None
+        self.norm = build_map_norm(norm_cfg, in_channels) if norm_cfg else None
         for conv in (self.theta_phi_g, self.conv_out):  # the official N(0, 0.01^2), bias 0
             nn.init.normal_(conv.weight, std=0.01)
             if conv.bias is not None:
