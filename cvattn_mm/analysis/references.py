@@ -663,6 +663,60 @@ class GCTReference(nn.Module):
 def _gct(ours):
     return GCTReference(ours.in_channels, ours.eps, ours.mode, ours.after_relu)
 
+# --- GSoP ------------------------------------------------------------------------------
+
+
+class GSoPReference(nn.Module):
+    """GSoP (channel mode) as in the official
+    ``ZilinGao/Global-Second-order-Pooling-Convolutional-Networks``,
+    ``torchvision/models/resnet.py`` (``Bottleneck.chan_att``) and ``MPNCOV.py``
+    (``CovpoolLayer``) @662a699.
+
+    ReLU (not in place), a biased 1x1 conv C -> d with stride s, BN, ReLU; the covariance
+    ``z I_hat z^T`` with the M x M centring matrix ``I_hat = (1/M) I - (1/M^2) 1 1^T``
+    repeated per sample; viewed as (N, d, d, 1): BN over the rows, a (d, 1) conv with d
+    groups d -> 4d, a biased 1x1 conv 4d -> C, sigmoid; times x.
+
+    Args:
+        channels (int): C.
+        dim (int): d.
+        stride (int): The reduction conv's stride.
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, channels: int, dim: int, stride: int, norm: nn.Module):
+        super().__init__()
+        self.relu_normal = nn.ReLU(inplace=False)
+        self.conv_for_DR = nn.Conv2d(channels, dim, 1, stride=stride, bias=True)
+        self.bn_for_DR = _batch_norm(nn.BatchNorm2d, norm, dim)
+        self.relu = nn.ReLU(inplace=True)
+        self.row_bn = _batch_norm(nn.BatchNorm2d, norm, dim)
+        self.row_conv_group = nn.Conv2d(dim, 4 * dim, (dim, 1), groups=dim, bias=True)
+        self.fc_adapt_channels = nn.Conv2d(4 * dim, channels, 1, bias=True)
+
+    @staticmethod
+    def covpool(z: torch.Tensor) -> torch.Tensor:
+        n, d, h, w = z.shape
+        m = h * w
+        flat = z.reshape(n, d, m)
+        i_hat = (-1. / m / m) * torch.ones(m, m, dtype=z.dtype, device=z.device) \
+            + (1. / m) * torch.eye(m, m, dtype=z.dtype, device=z.device)
+        i_hat = i_hat.view(1, m, m).repeat(n, 1, 1)
+        return flat.bmm(i_hat).bmm(flat.transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn_for_DR(self.conv_for_DR(self.relu_normal(x))))
+        cov = self.covpool(out)
+        out = self.row_bn(cov.view(cov.size(0), cov.size(1), cov.size(2), 1).contiguous())
+        att = torch.sigmoid(self.fc_adapt_channels(self.row_conv_group(out)))
+        return x * att
+
+
+def _gsop(ours):
+    _require(_is_bn(ours.bn_for_DR) and _is_bn(ours.row_bn), ours, 'BN norms')
+    return GSoPReference(ours.in_channels, ours.att_dim, ours.reduce_stride, ours.bn_for_DR)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -719,6 +773,13 @@ REFERENCES: List[Peer] = [
               differences='The same math with our defaults (a 7x7 grid); the official code '
               'pools other sizes with adaptive_avg_pool2d and multiplies by the filters, ours '
               'folds the pooling into the filters (the same values up to rounding).'),
+    reference('GSoP', 'ZilinGao/Global-Second-order-Pooling-Convolutional-Networks '
+              'resnet.py, MPNCOV.py', _gsop, lambda ours: dict(ours.state_dict()),
+              ours_cfg=lambda c: dict(reduce_stride=2 if c == 256 else 1),
+              differences='The same function; the official code centres with an M x M matrix '
+              'per sample (built in float32 there, in the input dtype here), ours subtracts '
+              'the mean. The pair uses the official stride rule at ResNet-50 widths: 2 for '
+              'C = 256 (the planes-64 stage), else 1; our default is 1.'),
 ]
 
 
