@@ -1,6 +1,7 @@
 """Channel attention: gates computed from a global descriptor of each channel."""
 from .eca import ECA
 from .fca import FCA
+from .gather_excite import GatherExcite
 from .gc import GC
 from .gct import GCT
 from .gsop import GSoP
@@ -9,4 +10,5 @@ from .se import SE
 from .simplified_non_local import SimplifiedNonLocal
 from .srm import SRM
 
-__all__ = ['ECA', 'FCA', 'GC', 'GCT', 'GSoP', 'NAM', 'SE', 'SimplifiedNonLocal', 'SRM']
+__all__ = ['ECA', 'FCA', 'GatherExcite', 'GC', 'GCT', 'GSoP', 'NAM', 'SE', 'SimplifiedNonLocal',
+           'SRM']
