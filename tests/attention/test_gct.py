@@ -128,7 +128,8 @@ def test_gate_rebuilds_the_forward_and_is_the_map():
             torch.testing.assert_close(gct(x), x * gate)
             maps = gct.attention_maps(x)
         assert set(maps) == {'channel_gate'}
-        assert torch.equal(maps['channel_gate'].values, gate.flatten(1))
+        assert torch.equal(maps['channel_gate'].values * 2, gate.flatten(1))
+        assert 0 <= maps['channel_gate'].values.min() <= maps['channel_gate'].values.max() <= 1
 
 
 @pytest.fixture(scope='module')

@@ -121,8 +121,11 @@ class GCT(AttentionModule):
         return (1. + torch.tanh(s * norm + self.beta)).to(x.dtype)
 
     def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
-        """``channel_gate``: the gate (N, C) that multiplies ``x``."""
-        return {'channel_gate': channel_map(self.channel_gate(x), 'channel gate')}
+        """``channel_gate``: half the gate (N, C) that multiplies ``x``,
+        ``(1 + tanh(s n + beta)) / 2``, in [0, 1] like the other modules' gates (the
+        neutral gate 1 is drawn as 1/2)."""
+        return {'channel_gate': channel_map(self.channel_gate(x) / 2,
+                                            'channel gate / 2: (1 + tanh(s n + beta)) / 2')}
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, eps={self.eps}, mode={self.mode!r}, '
