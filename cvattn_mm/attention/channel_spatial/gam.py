@@ -26,27 +26,28 @@ class GAM(AttentionModule):
     the same function as ``nn.Linear`` on the permuted map).
     Parameters, h = C/r, k = 7: ``2 C h + h + C`` (MLP) ``+ 2 k^2 C h + h + C`` (convs)
     ``+ 2 h + 2 C`` (BNs) ``= 100 C^2 / r + 4 C / r + 4 C``: **1,639,680 at C = 256, r = 4**.
-    Heavy: ResNet-50 with GAM (r = 4) after ``bn3`` of all 16 blocks has 528,795,560
+    Heavy: ResNet-50 with GAM (r = 4) after ``bn3`` of all 16 blocks has 528,621,352
     parameters (the plain model 25,557,032; ``cvattn-mm insertions`` prints each module's
-    count), and the two 7x7 convs cost ``98 C^2 H W / r`` multiply-adds (4.9 G for one
-    256 x 56 x 56 map). With r = 16 the 16 modules add 125,811,392 parameters: the 149.5 M
-    listed for a CIFAR-100 ResNet-50 + GAM.
-    Paper position: not stated in the paper (*unconfirmed*); ``residual_end`` (after the
-    residual branch's last norm, before the addition) by default.
+    count), and the two 7x7 convs cost ``98 C^2 H W / r`` multiply-adds (5.0 G for one
+    256 x 56 x 56 map). With r = 16 the 16 modules add 125,811,392 parameters (a CIFAR-100
+    ResNet-50 then has the 149.5 M that circulates for ResNet-50 + GAM; which r the paper's
+    tables use is *unconfirmed*).
+    Paper position: *unconfirmed*; ``residual_end`` (after the residual branch's last norm,
+    before the addition) by default, where the circulating parameter counts put it.
 
     There is no official code; the defaults follow the most used public copy
     (z1069614715/objectdetection_script ``cv-attention/GAM.py``, ``GAM_Attention``, r = 4,
     biased convs before the BNs, PyTorch's default initialisation).
 
-    Deviations: none in the computation with the defaults. Not implemented: the paper's
-    "group convolution with channel shuffle" in the spatial submodule of ResNet-50 (to
-    limit its parameters): the paper gives neither the number of groups nor where the
-    shuffle goes (*unconfirmed*; some copies add 4 groups and a shuffle of the spatial map),
-    so only the dense spatial submodule is offered. The hidden width is
-    ``max(C // r, min_channels)`` (the copy's ``int(C / r)`` is 0 for C < r). In training, a
-    batch norm that sees one value per channel (batch 1 of a 1x1 map) uses its running
-    statistics instead of raising. The 1x1-conv weights are the copy's Linear weights
-    reshaped to (out, in, 1, 1).
+    Deviations: none in the computation with the defaults. Not implemented: the "group
+    convolution with channel shuffle" that the paper reportedly uses in the spatial
+    submodule of ResNet-50 to limit its parameters (*unconfirmed*: neither the number of
+    groups nor the place of the shuffle could be pinned to the paper; some copies add 4
+    groups and a shuffle of the spatial map), so only the dense spatial submodule is offered.
+    The hidden width is ``max(C // r, min_channels)`` (the copy's ``int(C / r)`` is 0 for
+    C < r). In training, a batch norm that sees one value per channel (batch 1 of a 1x1 map)
+    uses its running statistics instead of raising. The 1x1-conv weights are the copy's
+    Linear weights reshaped to (out, in, 1, 1).
 
     Args:
         in_channels (int): Channels C.
