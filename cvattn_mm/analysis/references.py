@@ -717,6 +717,96 @@ def _gsop(ours):
     return GSoPReference(ours.in_channels, ours.att_dim, ours.reduce_stride, ours.bn_for_DR)
 
 
+# --- GAM -------------------------------------------------------------------------------
+
+
+class GAMReference(nn.Module):
+    """GAM as in the public copy z1069614715/objectdetection_script ``cv-attention/GAM.py``
+    (``GAM_Attention``; there is no official code).
+
+    Channel: x permuted to (N, H W, C), Linear C -> C/r, ReLU, Linear C/r -> C, viewed back
+    to (N, C, H, W), sigmoid; ``x1 = x * that``. Spatial: biased 7x7 conv C -> C/r, BN,
+    ReLU, biased 7x7 conv C/r -> C, BN, sigmoid; ``x1 * that``.
+
+    Args:
+        channels (int): C.
+        hidden (int): C/r.
+        kernel_size (int): The spatial convs' kernel.
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, channels: int, hidden: int, kernel_size: int, norm: nn.Module):
+        super().__init__()
+        self.channel_attention = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+        pad = kernel_size // 2
+        self.spatial_attention = nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size, padding=pad),
+            _batch_norm(nn.BatchNorm2d, norm, hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, kernel_size, padding=pad),
+            _batch_norm(nn.BatchNorm2d, norm, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        tokens = x.permute(0, 2, 3, 1).reshape(n, -1, c)
+        gate = self.channel_attention(tokens).view(n, h, w, c).permute(0, 3, 1, 2).sigmoid()
+        x = x * gate
+        return x * self.spatial_attention(x).sigmoid()
+
+
+def _gam(ours):
+    _require(_is_bn(ours.spatial_norm1) and _is_bn(ours.spatial_norm2)
+             and isinstance(ours.channel_act, nn.ReLU) and isinstance(ours.spatial_act, nn.ReLU),
+             ours, 'BN norms and ReLU activations')
+    return GAMReference(ours.in_channels, ours.hidden_channels, ours.kernel_size,
+                        ours.spatial_norm1)
+
+
+def _gam_state(ours):
+    state = dict(ours.state_dict())
+    out = {}
+    for ours_name, name in (('channel_fc1', 'channel_attention.0'),
+                            ('channel_fc2', 'channel_attention.2')):
+        out[f'{name}.weight'] = _flat(state[f'{ours_name}.weight'])
+        out[f'{name}.bias'] = state[f'{ours_name}.bias']
+    for ours_name, name in (('spatial_conv1', '0'), ('spatial_norm1', '1'),
+                            ('spatial_conv2', '3'), ('spatial_norm2', '4')):
+        out.update(_prefixed(state, ours_name + '.', f'spatial_attention.{name}.'))
+    return out
+
+
+# --- NAM -------------------------------------------------------------------------------
+
+
+class NAMReference(nn.Module):
+    """NAM's channel attention as in the official ``Christian-lyc/NAM``,
+    ``MODELS/attention.py`` (``Channel_Att`` @6e8d3e3).
+
+    ``BatchNorm2d(x)``; ``|weight.data| / sum |weight.data|`` multiplied in on the
+    channels-last permutation (two contiguous copies); ``sigmoid(that) * x``.
+
+    Args:
+        channels (int): C.
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, channels: int, norm: nn.Module):
+        super().__init__()
+        self.bn2 = _batch_norm(nn.BatchNorm2d, norm, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x
+        x = self.bn2(x)
+        weight_bn = self.bn2.weight.data.abs() / torch.sum(self.bn2.weight.data.abs())
+        x = torch.mul(weight_bn, x.permute(0, 2, 3, 1).contiguous())
+        return torch.sigmoid(x.permute(0, 3, 1, 2).contiguous()) * residual
+
+
+def _nam(ours):
+    _require(not ours.spatial and _is_bn(ours.bn), ours, 'the channel form with BN')
+    return NAMReference(ours.in_channels, ours.bn)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -780,6 +870,15 @@ REFERENCES: List[Peer] = [
               'per sample (built in float32 there, in the input dtype here), ours subtracts '
               'the mean. The pair uses the official stride rule at ResNet-50 widths: 2 for '
               'C = 256 (the planes-64 stage), else 1; our default is 1.'),
+    reference('GAM', 'z1069614715/objectdetection_script cv-attention/GAM.py', _gam,
+              _gam_state,
+              differences='No official code: the most used public copy. The same math as our '
+              'defaults; its per-pixel MLP is nn.Linear on the permuted map, ours 1x1 convs on '
+              'the NCHW map (weights reshaped).'),
+    reference('NAM', 'Christian-lyc/NAM MODELS/attention.py', _nam,
+              lambda ours: _prefixed(dict(ours.state_dict()), 'bn.', 'bn2.'),
+              differences='None with our defaults (the channel form; bit-identical in float64). '
+              'The official code multiplies on a channels-last copy and permutes back.'),
 ]
 
 
