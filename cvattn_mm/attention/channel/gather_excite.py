@@ -28,9 +28,10 @@ class FullDepthwiseConv2d(nn.Conv2d):
     It is an ``nn.Conv2d`` (state-dict keys, hooks, ``init_cfg`` layers and the tools that
     swap convolutions see an ordinary depthwise conv). On an input of the kernel's size, in
     eager mode, it computes the per-channel dot products as a product and a sum in
-    ``promote_types(dtype, float32)``, the same values, without oneDNN's depthwise conv,
-    whose forward with a kernel of the map's size is slow on CPU; under tracing (FLOP
-    counters, ``jit.trace``, ONNX, ``torch.compile``) and on other sizes it is the conv.
+    ``promote_types(dtype, float32)`` and returns the conv's dtype (also under autocast):
+    the same values without oneDNN's depthwise conv, whose forward with a kernel of the
+    map's size is slow on CPU. Under tracing (FLOP counters, ``jit.trace``, ONNX,
+    ``torch.compile``) and on other sizes it is the conv.
 
     Args:
         channels (int): C.
@@ -43,7 +44,11 @@ class FullDepthwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_tracing() or tuple(x.shape[-2:]) != self.kernel_size:
             return super().forward(x)
-        dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # the conv's output dtype under autocast
+            dtype = torch.get_autocast_dtype(device)
+        else:
+            dtype = torch.promote_types(x.dtype, self.weight.dtype)
         acc = torch.promote_types(dtype, torch.float32)
         out = (x.to(acc) * self.weight.to(acc).squeeze(1)).sum((2, 3), keepdim=True)
         return out.to(dtype)
