@@ -7,9 +7,9 @@ function (its hyper-parameters chosen to match), and maps our state dict onto th
 side by side.
 
 Peers: timm (``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``,
-``SelectiveKernel``, ``NonLocalAttn``, ``CoordAttn``), mmcv (``ContextBlock``,
-``NonLocal2d``) and lucidrains' ``deformable-attention`` (``DeformableAttention2D``).
-timm's ``GatherExcite`` and mmcv's ``CrissCrossAttention`` have no counterpart here.
+``SelectiveKernel``, ``NonLocalAttn``, ``CoordAttn``, ``GatherExcite``), mmcv
+(``ContextBlock``, ``NonLocal2d``) and lucidrains' ``deformable-attention``
+(``DeformableAttention2D``). mmcv's ``CrissCrossAttention`` has no counterpart here.
 Modules without a package peer have a reference instead (:mod:`.references`, a Peer whose
 package is torch); :func:`.references.peers_of` lists both.
 """
@@ -218,6 +218,16 @@ def _timm_coord(ours):
                      act_layer=nn.Hardswish, norm_layer=nn.BatchNorm2d)
 
 
+def _timm_gather_excite(ours):
+    from timm.layers.gather_excite import GatherExcite
+    if ours.variant != 'theta_minus' or ours.extent % 2:
+        raise ValueError("timm's GatherExcite pairs with GE-theta-minus, global or with an even "
+                         "extent (its parametric gathers and its excite MLP fail to build, and "
+                         f"it asserts an even extent), got variant={ours.variant!r}, "
+                         f'extent={ours.extent}')
+    return GatherExcite(ours.in_channels, extent=ours.extent, use_mlp=False)
+
+
 # --- mmcv ------------------------------------------------------------------------------
 
 
@@ -360,6 +370,13 @@ PEERS: List[Peer] = [
     Peer('CoordAttention', 'timm CoordAttn', 'timm', _timm_coord, lambda ours: ours.state_dict(),
          differences="timm's defaults have no conv bias and width C/16 * 2/3 rounded to 8; the "
          'pair sets bias=True and our width (max(C // 32, 8)).'),
+    Peer('GatherExcite', 'timm GatherExcite', 'timm', _timm_gather_excite, lambda ours: {},
+         differences='The parameter-free GE-theta-minus (our default), global or with an even '
+         "extent: the same math (nearest interpolation, padding not counted); timm's default "
+         'excite MLP (use_mlp=True) and its parametric gathers (extra_params=True) raise a '
+         'TypeError at construction in timm 1.0.31 (device and dtype passed as *dd for **dd), '
+         'so the pair sets use_mlp=False; timm\'s theta-plus lacks the official ReLU after '
+         "the gather's BN."),
     Peer('DeformableAttention2D', 'deformable-attention DeformableAttention2D',
          'deformable_attention', _dat, _dat_state,
          ours_cfg=lambda c: dict(to_q_bias=False, to_v_bias=False, cpb_dim=c // 4, cpb_depth=2,

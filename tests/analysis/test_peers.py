@@ -28,6 +28,8 @@ VARIANTS = [
     ('mmcv NonLocal2d', dict(sub_sample=True), (6, 10)),
     ('mmcv NonLocal2d', dict(mode='gaussian', sub_sample=True, norm_cfg=None), (6, 10)),
     ('timm CoordAttn', dict(reduction=8, min_channels=4), (5, 7)),
+    ('timm GatherExcite', dict(extent=8), (13, 17)),
+    ('timm GatherExcite', dict(extent=2), (5, 7)),
     ('deformable-attention DeformableAttention2D',
      dict(heads=4, dim_head=16, offset_groups=2, downsample_factor=2, offset_kernel_size=4,
           group_queries=True, group_key_values=True), (6, 10)),
@@ -76,7 +78,8 @@ def test_same_output_variants(name, cfg, size):
 
 def test_peers_cover_the_modules_with_public_implementations():
     assert {p.module for p in PEERS} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
-                                         'CoordAttention', 'DeformableAttention2D'}
+                                         'CoordAttention', 'DeformableAttention2D',
+                                         'GatherExcite'}
     assert set(p.module for p in PEERS) <= set(attention_classes())
     assert [p.name for p in peers_of('GC')] == ['timm GlobalContext', 'mmcv ContextBlock']
     assert all(p.differences for p in PEERS)
@@ -128,6 +131,12 @@ def test_same_flops_as_the_peer(name):
     d, hw = C // 2, SIZE[0] * SIZE[1]
     # theta, phi, g; the two products of the attention; W_z; the affine BN (2 per value)
     assert flops == 2 * (3 * C * d * hw + 2 * hw * hw * d + d * C * hw + 2 * C * hw)
+
+
+@pytest.mark.parametrize('cfg', [dict(variant='theta', extent=8), dict(extent=3)])
+def test_timm_gather_excite_rejects_what_timm_cannot_build(cfg):
+    with pytest.raises(ValueError, match='GE-theta-minus, global or with an even extent'):
+        build_pair(peer_named('timm GatherExcite'), C, **cfg)
 
 
 def test_timm_non_local_rejects_other_modes():
