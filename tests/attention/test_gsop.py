@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from mmpretrain.models import ResNet
 
-from cvattn_mm.attention.channel.gsop import GSoP
+from cvattn_mm.attention.channel.gsop import GSoP, RowConv2d
 from cvattn_mm.insertion import insert_attention
 
 from .contract import perturb_parameters, run_contract
@@ -106,6 +107,24 @@ def test_covariance_in_float32_under_autocast():
     assert GSoP.covariance(z.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize('shape', [(3, 6, 6, 1), (2, 6, 6, 3), (2, 6, 8, 1)],
+                         ids=['covariance', 'wide', 'taller-than-kernel'])
+def test_row_conv_is_the_grouped_convolution(shape):
+    """The layer type computes its base class's grouped conv (the fast route on inputs as
+    tall as the kernel, the convolution otherwise), with gradients."""
+    layer = RowConv2d(6, 4).double()
+    assert (layer.kernel_size, layer.groups, layer.out_channels) == ((6, 1), 6, 24)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    ours = layer(x)
+    expected = F.conv2d(x, layer.weight, layer.bias, groups=6)
+    torch.testing.assert_close(ours, expected, rtol=1e-13, atol=1e-13)
+    grad = torch.randn_like(ours)
+    got = torch.autograd.grad(ours, (x, layer.weight, layer.bias), grad)
+    want = torch.autograd.grad(expected, (x, layer.weight, layer.bias), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_check_spatially_constant_inputs_share_the_gate():
     """The spec's check: for a spatially constant input the covariance is 0, so in eval mode
     two different spatially constant inputs get the same gate."""
@@ -162,8 +181,7 @@ def test_state_dict_keys_are_the_official_ones():
     assert prefixes == {'conv_for_DR', 'bn_for_DR', 'row_bn', 'row_conv_group',
                         'fc_adapt_channels'}
     assert m.row_conv_group.weight.shape == (16, 1, 4, 1)
-    assert m.conv_for_DR.stride == (1, 1) and GSoP(16, reduce_stride=2).conv_for_DR.stride == (
-        2, 2)
+    assert m.conv_for_DR.weight.shape == (4, 16, 1, 1)
 
 
 def test_gate_rebuilds_the_forward_and_is_the_map():
