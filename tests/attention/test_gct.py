@@ -9,6 +9,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmpretrain.models import ResNet
 
 from cvattn_mm.attention.channel.gct import GCT
+from cvattn_mm.attention.fast_backward import fast_backward
 from cvattn_mm.insertion import insert_attention
 
 from .contract import perturb_parameters, run_contract
@@ -106,6 +107,44 @@ def test_half_input_sums_in_float32():
     assert y.dtype == torch.half and torch.isfinite(y).all()
     expected = gct.double()(x.half().double())
     torch.testing.assert_close(y.double(), expected, rtol=2e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize('kwargs', [{}] + VARIANTS, ids=['l2'] + VARIANT_IDS)
+def test_the_three_paths_give_the_same_output(kwargs):
+    """No-grad (output written into the terms' buffer), autograd and the hand-written
+    backward's forward, on contiguous, channels_last and strided inputs."""
+    gct = perturb_parameters(GCT(8, **kwargs), scale=0.5)
+    x = torch.randn(2, 8, 6, 10)
+    for inp in (x, x.to(memory_format=torch.channels_last), x[:, :, :, ::2]):
+        with torch.no_grad():
+            y = gct(inp)
+        assert y.stride() == (inp * 1).stride()
+        with fast_backward(False):
+            plain = gct(inp)
+        fast = gct(inp)
+        assert torch.equal(y, plain) and torch.equal(fast, plain)
+
+
+@pytest.mark.parametrize('kwargs', [{}] + VARIANTS, ids=['l2'] + VARIANT_IDS)
+def test_fast_backward_in_half_precision(kwargs):
+    """fp16 inputs: sums and gate gradients in float32 (autograd in fp16 would overflow the
+    sums of squares); the gradients against float64 autograd."""
+    gct = perturb_parameters(GCT(8, **kwargs), scale=0.5)
+    x = (torch.randn(2, 8, 16, 16) * 30).half()
+    if kwargs.get('after_relu'):
+        x = x.relu()
+    g = torch.randn(2, 8, 16, 16).half()
+    x16 = x.clone().requires_grad_()
+    gct(x16).backward(g)
+    grads16 = [x16.grad] + [p.grad for p in gct.parameters()]
+    gct.zero_grad()
+    x64 = x.double().requires_grad_()
+    with fast_backward(False):
+        gct.double()(x64).backward(g.double())
+    grads64 = [x64.grad] + [p.grad for p in gct.parameters()]
+    for name, a, b in zip(['x', 'alpha', 'gamma', 'beta'], grads16, grads64):
+        assert torch.isfinite(a).all(), name
+        assert (a.double() - b).abs().max() <= 5e-3 * b.abs().max(), name
 
 
 @pytest.mark.parametrize('channels', [3, 64, 256, 2048])
