@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cvattn_mm.analysis.complexity import count_flops
 from cvattn_mm.attention.channel.gather_excite import FullDepthwiseConv2d, GatherExcite
 
-from .contract import perturb_parameters, run_contract
+from .contract import check_onnx, check_torch_compile, perturb_parameters, run_contract
 
 DOUBLE = torch.float64
 
@@ -24,6 +24,19 @@ DOUBLE = torch.float64
          'theta-e2-gn'])
 def test_contract_variants(kwargs):
     run_contract(lambda: GatherExcite(16, **kwargs))
+
+
+@pytest.mark.parametrize('kwargs', [dict(extent=8), dict(variant='theta', extent=4),
+                                    dict(variant='theta_plus', grid_size=4, reduction=4)],
+                         ids=['minus-e8', 'theta-e4', 'plus-global-pooled'])
+def test_onnx_variants(kwargs, tmp_path):
+    check_onnx(lambda: GatherExcite(16, **kwargs), tmp_path)
+
+
+def test_torch_compile_full_map_conv():
+    """Compiled, the full-map depthwise conv is traced as the conv (on the grid size)."""
+    check_torch_compile(lambda: GatherExcite(16, variant='theta_plus', grid_size=(7, 9),
+                                             reduction=4))
 
 
 # --- the equations, written from the paper and the official prototxts ------------------
