@@ -84,7 +84,10 @@ class GatherExcite(AttentionModule):
     size itself it is the official computation), ``'strict'`` raises for any other size
     (:mod:`~cvattn_mm.attention.size_policy`). theta-minus and the extent variants take any
     size. The initialisation is the official one: gather convs ``msra`` (He normal, fan in),
-    excite convs normal with std 0.01 and zero biases, BNs weight 1 and bias 0.
+    excite convs normal with std 0.01 and zero biases, BNs weight 1 and bias 0. (The
+    prototxts also train the excite biases at twice the learning rate without weight decay
+    and every BN without weight decay: training settings of the whole network, not set
+    here.)
 
     Deviations: with ``grid_size`` the feature size and the defaults, none from the
     official prototxts (hujie-frank/GENet ``RN50-GEPF``, ``-GEP``, ``-GEPP``: the global
@@ -106,9 +109,11 @@ class GatherExcite(AttentionModule):
 
     Args:
         in_channels (int): Channels C.
-        variant (str): ``'theta_minus'`` (default), ``'theta'`` or ``'theta_plus'``.
-        extent (int): 0 (global, the paper's best) or the extent e >= 2 (8 in the paper's
-            figures); a power of two for theta and theta-plus.
+        variant (str): ``'theta_minus'`` (the default: parameter-free and size-agnostic,
+            the paper's ResNet-50 that outperforms ResNet-101), ``'theta'`` or
+            ``'theta_plus'`` (the paper's best, size-bound when global).
+        extent (int): 0 (global, the official prototxts) or the extent e >= 2 (8 in the
+            official figures); a power of two for theta and theta-plus.
         grid_size (int | tuple): The kernel of the global theta / theta-plus gather (the
             map size it was built for); unused by the other variants.
         size_policy (str): ``'pool'`` or ``'strict'`` (global theta / theta-plus).
