@@ -1,5 +1,6 @@
 """GSoP: its equation, the covariance, initialisation, parameter count, maps, variants,
 position in ResNet-50 and argument checks."""
+import copy
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from mmpretrain.models import ResNet
 
 from cvattn_mm.attention.channel.gsop import GSoP, RowConv2d
+from cvattn_mm.attention.fast_backward import fast_backward
 from cvattn_mm.insertion import insert_attention
 
 from .contract import perturb_parameters, run_contract
@@ -123,6 +125,34 @@ def test_row_conv_is_the_grouped_convolution(shape):
     want = torch.autograd.grad(expected, (x, layer.weight, layer.bias), grad)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('input_grad', [True, False], ids=['input', 'params-only'])
+def test_fast_backward_equals_autograd(stride, input_grad):
+    """The hand-written backward gives autograd's gradients, also when only the parameters
+    need them; the running statistics move once per forward in both."""
+    base = perturb_parameters(GSoP(12, att_dim=5, reduce_stride=stride), scale=0.3).double()
+    x = torch.randn(2, 12, 7, 9, dtype=torch.float64)
+    grad = torch.randn_like(x)
+    results = []
+    for enabled in (True, False):
+        m = copy.deepcopy(base).train()
+        xi = x.clone().requires_grad_(input_grad)
+        with fast_backward(enabled):
+            y = m(xi)
+            y.backward(grad)
+        assert type(y.grad_fn).__name__ == ('_SampledGateBackward' if enabled else 'MulBackward0')
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()},
+                        m.bn_for_DR.running_mean.clone()))
+    (y1, gx1, gp1, rm1), (y2, gx2, gp2, rm2) = results
+    torch.testing.assert_close(y1, y2, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(rm1, rm2, rtol=0, atol=0)
+    assert (gx1 is None) == (not input_grad) and (gx2 is None) == (not input_grad)
+    if input_grad:
+        torch.testing.assert_close(gx1, gx2, rtol=1e-11, atol=1e-12)
+    for name in gp2:
+        torch.testing.assert_close(gp1[name], gp2[name], rtol=1e-10, atol=1e-11, msg=name)
 
 
 def test_check_spatially_constant_inputs_share_the_gate():

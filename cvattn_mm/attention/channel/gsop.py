@@ -4,10 +4,12 @@ from typing import Dict
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
+from torch.autograd.function import once_differentiable
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_int
+from ..fast_backward import amp_backward, amp_forward, fast_backward_params
 from ..maps import AttentionMap, channel_map
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
@@ -42,6 +44,49 @@ class RowConv2d(nn.Conv2d):
         return out + self.bias[:, None, None]
 
 
+class _SampledGate(torch.autograd.Function):
+    """``y = x * gate_fn(x[:, :, ::s, ::s])`` with a hand-written backward (the gate network
+    under autograd): ``dL/dg = sum_{H,W} G x`` in a buffer of x's size that then holds
+    ``dL/dx = G g``, to which the samples' gradient is added in place at the sampled
+    positions. Autograd writes a product for ``dL/dg``, another for ``G g``, a zero-filled
+    map for the samples' gradient and their sum."""
+
+    @staticmethod
+    @amp_forward
+    def forward(ctx, x: torch.Tensor, gate_fn, stride: int, *params) -> torch.Tensor:
+        samples = (x[:, :, ::stride, ::stride] if stride > 1 else x).detach()
+        samples.requires_grad_(ctx.needs_input_grad[0])
+        with torch.enable_grad():
+            gate = gate_fn(samples)
+        ctx.save_for_backward(x)
+        ctx.samples, ctx.params, ctx.gate, ctx.stride = samples, params, gate, stride
+        return x * gate.detach()
+
+    @staticmethod
+    @amp_backward
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, = ctx.saved_tensors
+        s, gate = ctx.stride, ctx.gate
+        buffer = torch.mul(grad, x)
+        grad_gate = buffer.sum((2, 3), keepdim=True)
+        inputs = (ctx.samples, ) + ctx.params
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(torch.autograd.grad(gate, wanted, grad_gate.to(gate.dtype),
+                                         allow_unused=True))
+        grads = [next(found) if t.requires_grad else None for t in inputs]
+        grad_x = None
+        if ctx.needs_input_grad[0] and s == 1:
+            # the samples are x: their gradient (a fresh tensor of x's size) takes G g
+            grad_x = grads[0].to(buffer.dtype).addcmul_(grad, gate.detach())
+        elif ctx.needs_input_grad[0]:
+            grad_x = torch.mul(grad, gate.detach(), out=buffer)
+            grad_x[:, :, ::s, ::s] += grads[0].to(grad_x.dtype)
+        params = tuple(g if ctx.needs_input_grad[3 + i] else None
+                       for i, g in enumerate(grads[1:]))
+        return (grad_x, None, None) + params
+
+
 @register_model()
 class GSoP(AttentionModule):
     """GSoP block of GSoP-Net1 (Gao et al., CVPR 2019, arXiv:1811.12006), channel mode.
@@ -71,6 +116,11 @@ class GSoP(AttentionModule):
     convolution of the network, the block's included: the three conv weights are drawn
     ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``; the conv biases keep PyTorch's
     default initialisation; the batch norms weight 1, bias 0.
+
+    The training backward of ``x * g`` is hand-written (:class:`_SampledGate`; the gate
+    network runs under autograd) and not twice differentiable; ``CVATTN_FAST_BACKWARD=0`` or
+    :func:`cvattn_mm.attention.fast_backward.set_fast_backward` ``(False)`` runs plain
+    autograd instead.
 
     Deviations:
 
@@ -148,15 +198,27 @@ class GSoP(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return x * self.channel_gate(x)
+        params = fast_backward_params((x, ), self)
+        if params is None:
+            return x * self.channel_gate(x)
+        return _SampledGate.apply(x, self.gate_of_samples, self.reduce_stride, *params)
+
+    def subsample(self, x: torch.Tensor) -> torch.Tensor:
+        """The positions of ``x`` that the reduction conv (1x1, stride s) reads:
+        ``x[:, :, ::s, ::s]``, (N, C, ceil(H / s), ceil(W / s))."""
+        s = self.reduce_stride
+        return x[:, :, ::s, ::s] if s > 1 else x
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """The reduced features ``z`` (N, d, H', W'), ``H' = ceil(H / s)``, ``W' = ceil(W / s)``.
+        """The reduced features ``z`` (N, d, ceil(H / s), ceil(W / s)) of ``x``.
 
-        The positions a 1x1 conv of stride s reads are taken before the ReLU (which commutes
-        with the subsampling), so that the ReLU and its backward run on ``1 / s^2`` of x."""
-        s = self.reduce_stride
-        z = self.conv_for_DR(self.relu_normal(x[:, :, ::s, ::s] if s > 1 else x))
+        The positions are taken before the ReLU (which commutes with the subsampling), so
+        that the ReLU and its backward run on ``1 / s^2`` of x."""
+        return self.reduce_samples(self.subsample(x))
+
+    def reduce_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """``ReLU(BN(conv_for_DR(ReLU(samples))))`` on :meth:`subsample`'s output."""
+        z = self.conv_for_DR(self.relu_normal(samples))
         return self.relu(norm_any_batch(self.bn_for_DR, z))
 
     @staticmethod
@@ -169,12 +231,16 @@ class GSoP(AttentionModule):
             cov = torch.matmul(centred, centred.transpose(1, 2)) / flat.shape[2]
         return cov.to(z.dtype)
 
-    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        """The gate (N, C, 1, 1): the covariance of :meth:`reduce`'s features, row-normalised,
-        row-convolved, projected to C channels, sigmoid."""
-        cov = self.covariance(self.reduce(x))
+    def gate_of_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """The gate (N, C, 1, 1) from :meth:`subsample`'s output: the covariance of the
+        reduced features, row-normalised, row-convolved, projected to C channels, sigmoid."""
+        cov = self.covariance(self.reduce_samples(samples))
         rows = norm_any_batch(self.row_bn, cov[..., None])  # (N, d, d, 1): channel i = row i
         return torch.sigmoid(self.fc_adapt_channels(self.row_conv_group(rows)))
+
+    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate (N, C, 1, 1) that multiplies ``x``."""
+        return self.gate_of_samples(self.subsample(x))
 
     def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
         """``channel_gate``: the gate (N, C) that multiplies ``x``."""
