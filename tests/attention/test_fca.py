@@ -112,13 +112,30 @@ def test_on_the_grid_nothing_is_pooled():
         assert torch.equal(pooled.dct_layer(x), (x * pooled.dct_layer.weight).sum((2, 3)))
 
 
-@pytest.mark.parametrize('size', [(56, 56), (14, 14), (9, 20), (1, 3), (7, 8)])
+@pytest.mark.parametrize('size', [(30, 31), (28, 28), (14, 14), (9, 20), (1, 3), (7, 8)])
 def test_other_sizes_are_adaptive_average_pooled(size):
     fca = FCA(32).double()
     x = torch.randn(2, 32, *size, dtype=torch.float64)
     pooled = F.adaptive_avg_pool2d(x, (7, 7))
     expected = (pooled * fca.dct_layer.weight).sum((2, 3))
     torch.testing.assert_close(fca.dct_layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_large_windows_pool_and_traces_fold():
+    """Windows of more than 16 positions are pooled by adaptive_avg_pool2d, smaller ones
+    folded into the filters; a traced module always folds (exportable); the same values."""
+    fca = perturb_parameters(FCA(32), scale=0.3).eval()
+    for size in ((30, 31), (28, 28)):
+        x = torch.randn(2, 32, *size)
+        expected = (F.adaptive_avg_pool2d(x, 7) * fca.dct_layer.weight).sum((2, 3))
+        with torch.no_grad():
+            y = fca.dct_layer(x)
+            traced = torch.jit.trace(fca, x, check_trace=False)
+            torch.testing.assert_close(traced(x), fca(x), rtol=1e-5, atol=1e-6)
+        if size == (30, 31):
+            assert torch.equal(y, expected)  # the official op
+        else:
+            torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_strict_policy_refuses_other_sizes():
