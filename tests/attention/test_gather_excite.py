@@ -173,6 +173,20 @@ def test_eval_mode_uses_running_statistics():
     torch.testing.assert_close(ge(x), x * torch.sigmoid(excite_mlp(z.clamp_min(0), ge)))
 
 
+@pytest.mark.parametrize('kwargs', [dict(variant='theta', grid_size=3),
+                                    dict(variant='theta', extent=4)], ids=['global', 'e4'])
+def test_batch_one_gather_norm_uses_running_statistics(kwargs):
+    """In training, a gather BN that sees one value per channel (batch 1, a 1x1 gather)
+    normalises with its running statistics and leaves them unchanged (README, known limits)."""
+    ge = perturb_parameters(GatherExcite(8, **kwargs), 0.3).train()
+    x = torch.randn(1, 8, 3, 3)
+    y = ge(x)
+    norm = ge.gather[-1]  # the last gather BN: 1x1 (e4: 3x3 -> 2x2 -> 1x1)
+    assert torch.equal(norm.running_mean, torch.zeros(8)) and norm.num_batches_tracked == 0
+    if ge.extent == 0:  # the only BN: the training output is the eval one
+        torch.testing.assert_close(y, ge.eval()(x))
+
+
 def test_uniform_theta_gather_is_theta_minus():
     """The spec's check: theta-global with every depthwise weight 1/S and a fresh BN in eval
     mode equals theta-minus-global up to the BN's eps."""
@@ -268,6 +282,20 @@ def test_pool_policy_is_strict_on_the_grid_and_pools_elsewhere(variant):
     with pytest.raises(ValueError, match=r"GatherExcite with size_policy='strict' was built for "
                                          r'4x6 maps .* but got 9x13'):
         strict(big)
+
+
+def test_traced_on_the_grid_size_is_specialised_to_it():
+    """Traced on another size, the pooled graph takes any size; traced on the grid size
+    (nothing pooled), the graph runs at that size only (README, known limits)."""
+    ge = perturb_parameters(GatherExcite(16, variant='theta', grid_size=(4, 6)), 0.3).eval()
+    with torch.no_grad():
+        pooled = torch.jit.trace(ge, torch.randn(2, 16, 9, 13), check_trace=False)
+        on_grid = torch.jit.trace(ge, torch.randn(2, 16, 4, 6), check_trace=False)
+        for size in ((4, 6), (16, 16), (5, 7)):
+            x = torch.randn(2, 16, *size)
+            torch.testing.assert_close(pooled(x), ge(x))
+        with pytest.raises(RuntimeError):
+            on_grid(torch.randn(2, 16, 9, 13))
 
 
 def test_size_agnostic_variants_ignore_the_grid():
