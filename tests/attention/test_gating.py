@@ -17,6 +17,8 @@ from cvattn_mm.attention.fast_backward import (
     fast_backward_params,
 )
 
+from .contract import DEVICE
+
 
 def reference(module, x):
     """The plain ops autograd differentiates (what runs without a gradient)."""
@@ -84,7 +86,7 @@ def uses_hand_written_backward(out):
 
 def randomized(name):
     torch.manual_seed(0)
-    module = MODULES[name]().double()
+    module = MODULES[name]().double().to(DEVICE)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
@@ -104,8 +106,8 @@ def test_same_values_and_gradients_as_autograd(name, shape):
     module = randomized(name)
     if name.startswith(('SK', 'Triplet')) and shape == (1, 16, 1, 1):
         module.eval()  # their BNs see one value per channel: training would raise
-    x = torch.randn(shape, dtype=torch.double)
-    weight = torch.randn(shape, dtype=torch.double)  # a gradient that is not constant
+    x = torch.randn(shape, dtype=torch.double, device=DEVICE)
+    weight = torch.randn(shape, dtype=torch.double, device=DEVICE)  # a non-constant gradient
     out, got = grads(module, x, weight)
     assert uses_hand_written_backward(out)
     x = x.detach().requires_grad_()
@@ -122,7 +124,7 @@ def test_gradcheck(name):
     module = randomized(name)
     if 'Coord' in name or 'SK' in name:
         module.eval()  # BN in train mode mixes the batch: fine, but slow to gradcheck
-    x = torch.randn(2, 16, 3, 4, dtype=torch.double, requires_grad=True)
+    x = torch.randn(2, 16, 3, 4, dtype=torch.double, requires_grad=True, device=DEVICE)
     params = tuple(module.parameters())
 
     def fn(x, *values):
@@ -136,7 +138,7 @@ def test_gradcheck(name):
 @pytest.mark.parametrize('name', ['SE', 'CBAM', 'TripletAttention', 'CoordAttention'])
 def test_frozen_parameters_and_input_without_gradient(name):
     module = randomized(name)
-    x = torch.randn(2, 16, 5, 6, dtype=torch.double)
+    x = torch.randn(2, 16, 5, 6, dtype=torch.double, device=DEVICE)
     # Only the parameters need a gradient (a first layer): x gets none.
     out = module(x)
     out.sum().backward()
@@ -158,7 +160,7 @@ def test_frozen_parameters_and_input_without_gradient(name):
 @pytest.mark.parametrize('name', ONE_OF_EACH)
 def test_backward_twice_with_retain_graph(name):
     module = randomized(name)
-    x = torch.randn(2, 16, 4, 5, dtype=torch.double, requires_grad=True)
+    x = torch.randn(2, 16, 4, 5, dtype=torch.double, requires_grad=True, device=DEVICE)
     out = module(x)
     out.sum().backward(retain_graph=True)
     first = x.grad.clone()
@@ -169,7 +171,8 @@ def test_backward_twice_with_retain_graph(name):
 @pytest.mark.parametrize('name', ONE_OF_EACH)
 def test_channels_last_gradient_keeps_the_memory_format(name):
     module = randomized(name).float()
-    x = torch.randn(2, 16, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 16, 6, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    x.requires_grad_()
     out = module(x)
     out.backward(torch.ones_like(out))
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
@@ -181,14 +184,14 @@ def test_channels_last_gradient_keeps_the_memory_format(name):
 @pytest.mark.parametrize('name', ONE_OF_EACH)
 def test_bf16_autocast_gradients_match_autograd(name):
     module = randomized(name).float()
-    x = torch.randn(2, 16, 6, 5, requires_grad=True)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    x = torch.randn(2, 16, 6, 5, requires_grad=True, device=DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         out = module(x)
     out.float().sum().backward()
     got = [x.grad] + [p.grad for p in module.parameters()]
     module.zero_grad(set_to_none=True)
     x.grad = None
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         expected_out = reference(module, x)
     expected_out.float().sum().backward()
     expected = [x.grad] + [p.grad for p in module.parameters()]
@@ -199,8 +202,8 @@ def test_bf16_autocast_gradients_match_autograd(name):
 
 
 def test_plain_ops_without_gradient_and_under_tracing():
-    module = SE(16, reduction=4)
-    x = torch.randn(1, 16, 3, 3)
+    module = SE(16, reduction=4).to(DEVICE)
+    x = torch.randn(1, 16, 3, 3, device=DEVICE)
     with torch.no_grad():
         assert module(x).grad_fn is None
     assert fast_backward_params((x.requires_grad_(), ), module)
@@ -213,8 +216,8 @@ def test_switch_off_runs_plain_autograd(name):
     """With the switch off the graph holds only autograd's nodes; values and gradients are
     those of the plain ops (and of the hand-written backward)."""
     module = randomized(name)
-    x = torch.randn(2, 16, 5, 7, dtype=torch.double)
-    weight = torch.randn(2, 16, 5, 7, dtype=torch.double)
+    x = torch.randn(2, 16, 5, 7, dtype=torch.double, device=DEVICE)
+    weight = torch.randn(2, 16, 5, 7, dtype=torch.double, device=DEVICE)
     fast_out, fast = grads(module, x, weight)
     with fast_backward(False):
         out, got = grads(module, x, weight)
@@ -234,7 +237,8 @@ def test_switch_off_runs_plain_autograd(name):
 @pytest.mark.parametrize('autocast', [True, False])
 def test_backward_runs_under_the_autocast_state_of_the_forward(helper, autocast):
     """The Functions' amp decorators on CPU: the gate network is differentiated under the
-    forward's autocast state, also when backward is called after the autocast region."""
+    forward's autocast state, also when backward is called after the autocast region.
+    CPU autocast on CPU tensors, whatever the test device."""
     layer = torch.nn.Linear(16, 16)
     states = []
 
@@ -270,7 +274,7 @@ def test_max_gradient_goes_to_one_maximal_element(channels_last):
     """Ties (a dead ReLU channel is all zeros): one element of each tie gets the whole
     gradient of the max, as with max_pool2d; autograd's amax splits it. The totals agree."""
     module = randomized('CBAM-channel').float()
-    x = torch.randn(2, 16, 4, 5).relu()
+    x = torch.randn(2, 16, 4, 5, device=DEVICE).relu()
     x[:, 3] = 0  # a channel of ties
     x[0, 5, 1, 2] = x[0, 5, 3, 4] = 9.0  # two maximal elements
     if channels_last:
