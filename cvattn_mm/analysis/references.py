@@ -713,7 +713,8 @@ class GSoPReference(nn.Module):
 
 
 def _gsop(ours):
-    _require(_is_bn(ours.bn_for_DR) and _is_bn(ours.row_bn), ours, 'BN norms')
+    _require(ours.mode == 'channel' and _is_bn(ours.bn_for_DR) and _is_bn(ours.row_bn), ours,
+             "mode='channel' and BN norms")
     return GSoPReference(ours.in_channels, ours.att_dim, ours.reduce_stride, ours.bn_for_DR)
 
 

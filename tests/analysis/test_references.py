@@ -103,6 +103,7 @@ def test_every_module_has_a_peer_or_a_reference():
     ('SCSE', dict(combination='add'), "combination='max'"),
     ('SCSA', dict(down_sample_mode='recombination'), 'undefined method'),
     ('SRM', dict(variance='biased'), "variance='unbiased'"),
+    ('GSoP', dict(mode='position'), "mode='channel'"),
 ])
 def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     with pytest.raises(ValueError, match=match):

@@ -15,9 +15,14 @@ from cvattn_mm.insertion import insert_attention
 from .contract import perturb_parameters, run_contract
 
 
-@pytest.mark.parametrize('kwargs', [dict(att_dim=16, reduce_stride=2), dict(att_dim=1),
-                                    dict(att_dim=16, norm_cfg=dict(type='GN', num_groups=4))],
-                         ids=['stride2', 'd1', 'gn'])
+@pytest.mark.parametrize('kwargs', [
+    dict(att_dim=16, reduce_stride=2), dict(att_dim=1),
+    dict(att_dim=16, norm_cfg=dict(type='GN', num_groups=4)),
+    dict(att_dim=8, mode='position', position_grid=(3, 4)),
+    dict(att_dim=8, mode='fusion_avg', position_grid=4, reduce_stride=2),
+    dict(att_dim=8, mode='fusion_max', position_grid=4),
+    dict(att_dim=8, mode='fusion_concat', position_grid=4)],
+    ids=['stride2', 'd1', 'gn', 'position', 'fusion_avg', 'fusion_max', 'fusion_concat'])
 def test_contract_variants(kwargs):
     run_contract(lambda: GSoP(64, **kwargs))
 
@@ -34,8 +39,8 @@ def batch_norm(t, weight, bias, mean=None, var=None, eps=1e-5):
         + bias.view(shape)
 
 
-def gsop_reference(x, m, stride, running):
-    """The paper's GSoP block (channel mode) from its equations, with plain tensor ops: the
+def channel_gate_reference(x, m, stride, running):
+    """The paper's GSoP gate (channel mode) from its equations, with plain tensor ops: the
     covariance as ``z I_bar z^T`` with ``I_bar = (1/M)(I - (1/M) 1 1^T)``, the row BN as a
     norm over the rows, the row conv as 4 filters of length d per row."""
     def stats(bn):
@@ -56,7 +61,74 @@ def gsop_reference(x, m, stride, running):
     filters = m.row_conv_group.weight.view(d, 4, d)  # row i's 4 filters of length d
     r = torch.einsum('ikj,nij->nik', filters, p).reshape(n, 4 * d) + m.row_conv_group.bias
     g = torch.sigmoid(r @ m.fc_adapt_channels.weight[:, :, 0, 0].T + m.fc_adapt_channels.bias)
-    return x * g.view(n, c, 1, 1)
+    return g.view(n, c, 1, 1)
+
+
+def position_gate_reference(x, m, running, grid):
+    """The official position branch (``pos_att``) with plain ops: no ReLU after the BN,
+    PyTorch's adaptive average pooling to the grid and back, the official ``cov_feature``
+    ``u^T I_hat u`` with the d x d matrix ``I_hat = (1/P) I - (1/P^2) 1 1^T``, P positions."""
+    def stats(bn):
+        return (bn.running_mean, bn.running_var) if running else (None, None)
+
+    n, _, h, w = x.shape
+    d, p = m.att_dim, grid[0] * grid[1]
+    u = torch.einsum('dc,nchw->ndhw', m.conv_for_DR_spatial.weight[:, :, 0, 0],
+                     x.clamp(min=0)) + m.conv_for_DR_spatial.bias[:, None, None]
+    u = batch_norm(u, m.bn_for_DR_spatial.weight, m.bn_for_DR_spatial.bias,
+                   *stats(m.bn_for_DR_spatial))
+    u = F.adaptive_avg_pool2d(u, grid).reshape(n, d, p)
+    i_hat = torch.eye(d, dtype=x.dtype) / p - torch.ones(d, d, dtype=x.dtype) / p ** 2
+    sigma = u.transpose(1, 2) @ i_hat @ u  # (N, P, P)
+    rows = batch_norm(sigma, m.row_bn_for_spatial.weight, m.row_bn_for_spatial.bias,
+                      *stats(m.row_bn_for_spatial))
+    filters = m.row_conv_group_for_spatial.weight.view(p, 4, p)
+    r = torch.einsum('ikj,nij->nik', filters, rows).reshape(n, 4 * p) \
+        + m.row_conv_group_for_spatial.bias
+    fc = m.fc_adapt_channels_for_spatial
+    a = torch.sigmoid(r.clamp(min=0) @ fc.weight[:, :, 0, 0].T + fc.bias)
+    return F.adaptive_avg_pool2d(a.view(n, 1, *grid), (h, w))
+
+
+def gsop_reference(x, m, stride, running, mode='channel', grid=(8, 8)):
+    """The block's output in each mode, as the official ``Bottleneck.forward`` combines the
+    branches."""
+    if mode == 'channel':
+        return x * channel_gate_reference(x, m, stride, running)
+    by_position = (x * position_gate_reference(x, m, running, grid)).clamp(min=0)
+    if mode == 'position':
+        return by_position
+    by_channel = x * channel_gate_reference(x, m, stride, running)
+    if mode == 'fusion_avg':
+        return by_channel + by_position
+    if mode == 'fusion_max':
+        return torch.max(by_channel, by_position)
+    c = x.shape[1]
+    k = m.dilate_conv_for_concat1.kernel_size[0]
+    fused = sum(F.conv2d(t, conv.weight, conv.bias, padding=((k - 1) // 2, 0), groups=c // 64)
+                for t, conv in ((by_channel, m.dilate_conv_for_concat1),
+                                (by_position, m.dilate_conv_for_concat2)))
+    bn = m.bn_for_concat
+    return batch_norm(fused, bn.weight, bn.bias,
+                      *((bn.running_mean, bn.running_var) if running else (None, None)))
+
+
+@pytest.mark.parametrize('mode', ['position', 'fusion_avg', 'fusion_max', 'fusion_concat'])
+@pytest.mark.parametrize('size', [(7, 9), (3, 2)], ids=['7x9', 'smaller-than-grid'])
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_equation_of_the_other_modes(mode, size, train):
+    torch.manual_seed(0)
+    m = perturb_parameters(GSoP(64, att_dim=6, reduce_stride=2, mode=mode, position_grid=(4, 5)),
+                           scale=0.3).double()
+    with torch.no_grad():
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+    m.train(train)
+    x = torch.randn(3, 64, *size, dtype=torch.float64)
+    expected = gsop_reference(x, m, 2, running=not train, mode=mode, grid=(4, 5))
+    torch.testing.assert_close(m(x), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize('stride', [1, 2])
@@ -203,6 +275,21 @@ def test_parameter_count(channels, d):
     assert sum(p.numel() for p in GSoP(channels, att_dim=d).parameters()) == expected
     if (channels, d) == (256, 128):
         assert expected == 230_784
+    # the other modes (counted on the official classes: 66,368, 297,152 and 658,624 at
+    # C = 256, d = 128, g = 8)
+    p = 64
+    position = channels * d + 3 * d + 8 * p * p + 7 * p
+    groups = channels // 64
+    k = 2 * int(math.log2(32 / groups)) + 5
+    concat = 2 * (64 * channels * k + channels) + 2 * channels
+    for mode, count in (('position', position), ('fusion_avg', expected + position),
+                        ('fusion_max', expected + position),
+                        ('fusion_concat', expected + position + concat)):
+        m = GSoP(channels, att_dim=d, mode=mode)
+        assert sum(p.numel() for p in m.parameters()) == count, mode
+    if (channels, d) == (256, 128):
+        assert (position, expected + position, expected + position + concat) == (
+            66_368, 297_152, 658_624)
 
 
 def test_state_dict_keys_are_the_official_ones():
@@ -212,6 +299,41 @@ def test_state_dict_keys_are_the_official_ones():
                         'fc_adapt_channels'}
     assert m.row_conv_group.weight.shape == (16, 1, 4, 1)
     assert m.conv_for_DR.weight.shape == (4, 16, 1, 1)
+
+
+@pytest.mark.parametrize('mode', ['position', 'fusion_avg', 'fusion_max'])
+def test_gates_rebuild_the_other_modes_and_are_the_maps(mode):
+    m = perturb_parameters(GSoP(16, att_dim=8, mode=mode, position_grid=4), scale=0.3).eval()
+    x = torch.randn(2, 16, 7, 10)
+    with torch.no_grad():
+        position = m.position_gate(x)
+        by_position = (x * position).relu()
+        maps = m.attention_maps(x)
+        assert position.shape == (2, 1, 7, 10)
+        assert torch.equal(maps['position_gate'].values, position[:, 0])
+        assert maps['position_gate'].kind == 'spatial'
+        if mode == 'position':
+            assert set(maps) == {'position_gate'}
+            torch.testing.assert_close(m(x), by_position)
+            return
+        gate = m.channel_gate(x)
+        assert set(maps) == {'channel_gate', 'position_gate'}
+        assert torch.equal(maps['channel_gate'].values, gate.flatten(1))
+        combine = torch.add if mode == 'fusion_avg' else torch.maximum
+        torch.testing.assert_close(m(x), combine(x * gate, by_position))
+
+
+def test_modes_build_only_their_branches():
+    names = {mode: {k.split('.')[0] for k in GSoP(64, att_dim=4, mode=mode).state_dict()}
+             for mode in ('channel', 'position', 'fusion_concat')}
+    channel = {'conv_for_DR', 'bn_for_DR', 'row_bn', 'row_conv_group', 'fc_adapt_channels'}
+    position = {'conv_for_DR_spatial', 'bn_for_DR_spatial', 'row_bn_for_spatial',
+                'row_conv_group_for_spatial', 'fc_adapt_channels_for_spatial'}
+    assert names['channel'] == channel and names['position'] == position
+    assert names['fusion_concat'] == channel | position | {
+        'dilate_conv_for_concat1', 'dilate_conv_for_concat2', 'bn_for_concat'}
+    concat = GSoP(256, mode='fusion_concat').dilate_conv_for_concat1
+    assert (concat.kernel_size, concat.padding, concat.groups) == ((11, 1), (5, 0), 4)
 
 
 def test_gate_rebuilds_the_forward_and_is_the_map():
@@ -243,7 +365,11 @@ def test_resnet50_at_the_paper_position():
 @pytest.mark.parametrize('kwargs,argument', [
     (dict(in_channels=0), 'in_channels'), (dict(att_dim=0), 'att_dim'),
     (dict(att_dim=2.5), 'att_dim'), (dict(reduce_stride=0), 'reduce_stride'),
-    (dict(reduce_stride=True), 'reduce_stride')])
+    (dict(reduce_stride=True), 'reduce_stride'), (dict(mode='1'), 'mode'),
+    (dict(mode='position', position_grid=0), 'position_grid'),
+    (dict(position_grid=(2, )), 'position_grid'),
+    (dict(in_channels=96, mode='fusion_concat'), "mode='fusion_concat' needs in_channels"),
+    (dict(in_channels=32, mode='fusion_concat'), "mode='fusion_concat' needs in_channels")])
 def test_invalid_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=rf'GSoP: {argument}'):
         GSoP(**dict(dict(in_channels=8), **kwargs))

@@ -1,4 +1,5 @@
 """Global Second-order Pooling block (GSoP-Net1)."""
+import math
 from typing import Dict
 
 import torch
@@ -8,11 +9,16 @@ from torch.autograd.function import once_differentiable
 
 from ...registry import register_model
 from ..base import AttentionModule
-from ..checks import check_int
+from ..checks import check_choice, check_int
 from ..fast_backward import amp_backward, amp_forward, fast_backward_params
-from ..maps import AttentionMap, channel_map
+from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
+from ..size_policy import check_grid_size, fit_to_grid
+
+#: ``mode`` values; the official code's names are ``main.py``'s ``att_manner`` (the block's
+#: ``attention`` strings '1', '2', '+', 'M', '&').
+MODES = ('channel', 'position', 'fusion_avg', 'fusion_max', 'fusion_concat')
 
 
 class RowConv2d(nn.Conv2d):
@@ -89,9 +95,10 @@ class _SampledGate(torch.autograd.Function):
 
 @register_model()
 class GSoP(AttentionModule):
-    """GSoP block of GSoP-Net1 (Gao et al., CVPR 2019, arXiv:1811.12006), channel mode.
+    """GSoP block of GSoP-Net1 (Gao et al., CVPR 2019, arXiv:1811.12006).
 
-    A channel gate from the covariance of a reduced copy of the input:
+    ``mode='channel'`` (the default, the paper's block): a channel gate from the covariance
+    of a reduced copy of the input:
 
     * ``z = ReLU(BN(Conv1x1_{C -> d, bias, stride s}(ReLU(x))))`` (the first ReLU is not in
       place: ``x`` itself is kept), viewed as (N, d, M) with ``M = H' W'``;
@@ -108,6 +115,26 @@ class GSoP(AttentionModule):
     Parameters: ``C d + d`` (reduction conv) ``+ 2d`` (its BN) ``+ 2d`` (row BN) ``+ 4d^2 +
     4d`` (row conv) ``+ 4d C + C`` (last conv) ``= 5 C d + 4 d^2 + 9 d + C``; 230,784 at
     C = 256, d = 128.
+
+    The official file's other modes (``main.py``'s ``att_manner``; not in the paper's
+    experiments), each as the official code computes it:
+
+    * ``'position'`` (official ``'2'``): ``u = BN(Conv1x1_{C -> d, bias}(ReLU(x)))`` (no
+      ReLU after the BN), adaptive-average-pooled to a ``g x g`` grid (``position_grid``,
+      official 8; P = g^2 positions), ``Sigma_pos = u^T I_hat u`` (N, P, P) with the
+      official ``I_hat = (1/P) I_d - (1/P^2) 1 1^T`` (its centring uses the number of
+      positions over the d channels: a covariance of the positions only when d = P), row
+      BN over P rows, row conv P -> 4P, ReLU, ``Conv1x1_{4P -> P, bias}``, sigmoid, viewed as
+      (N, 1, g, g) and adaptive-average-pooled to (H, W) (the official "unpool": windows
+      replicate the grid cells); ``y = ReLU(x * a)``. Parameters
+      ``C d + 3d + 8 P^2 + 7 P`` (33,216 + 259 d at C = 256 and g = 8).
+    * ``'fusion_avg'`` (official ``'+'``; a sum): ``y = x * g + ReLU(x * a)``.
+    * ``'fusion_max'`` (official ``'M'``): ``y = max(x * g, ReLU(x * a))``.
+    * ``'fusion_concat'`` (official ``'&'``, "a weighted spatial concat"):
+      ``y = BN_C(K_1(x * g) + K_2(ReLU(x * a)))``, ``K_1``, ``K_2`` biased ``(k, 1)`` convs
+      C -> C with ``G = C / 64`` groups, ``k = 2 f + 5``, padding ``(f + 2, 0)``,
+      ``f = int(log2(32 / G))``; needs C a multiple of 64 (and k >= 1: C <= 8192).
+      Parameters: the channel and position branches' ``+ 2 (64 C k + C) + 2 C``.
     Paper position: the residual branch's end (after its last norm, before the addition) of
     the *last* block of each stage only (``stage_last_residual_end``; 4 blocks in
     ResNet-50), as in the official ``main.py``.
@@ -117,8 +144,9 @@ class GSoP(AttentionModule):
     ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``; the conv biases keep PyTorch's
     default initialisation; the batch norms weight 1, bias 0.
 
-    The training backward of ``x * g`` is hand-written (:class:`_SampledGate`; the gate
-    network runs under autograd) and not twice differentiable; ``CVATTN_FAST_BACKWARD=0`` or
+    In channel mode the training backward of ``x * g`` is hand-written
+    (:class:`_SampledGate`; the gate network runs under autograd) and not twice
+    differentiable (the other modes use plain autograd); ``CVATTN_FAST_BACKWARD=0`` or
     :func:`cvattn_mm.attention.fast_backward.set_fast_backward` ``(False)`` runs plain
     autograd instead.
 
@@ -143,18 +171,25 @@ class GSoP(AttentionModule):
       ``row_conv_group`` is a :class:`RowConv2d` (the grouped conv as a batched product).
     * In training, a batch norm that sees one value per channel (batch 1 on a 1x1 reduced
       map, or ``att_dim=1``) uses its running statistics instead of raising.
-    * Not implemented: the official file's position (spatial) mode ``'2'`` (an 8x8-pooled
-      position covariance) and its fusions ``'+'``, ``'M'``, ``'&'`` with the channel mode;
-      GSoP-Net2's iSQRT-COV pooling at the end of the network (a head, not this block).
+    * The position branch pools to the grid and back with averaging matrices (the values
+      of the official ``adaptive_avg_pool2d`` calls, exportable to ONNX at any size; a
+      traced or exported graph is specialised to the traced H x W); its covariance also
+      runs in ``promote_types(dtype, float32)`` outside autocast.
+    * Not implemented: GSoP-Net2's iSQRT-COV pooling at the end of the network (a head, not
+      this block).
       The official network also sets layer4's stride to 1 (a change of the network, not of
       the block; not made by the configs).
 
     Args:
         in_channels (int): Channels C.
         att_dim (int): Width d of the reduced features and of the covariance (official 128).
-        reduce_stride (int): Stride s of the reduction conv (official: 2 in ResNet's first
-            stage, 1 elsewhere).
-        norm_cfg (dict): The reduction's norm and the row norm (official: BN).
+        reduce_stride (int): Stride s of the channel branch's reduction conv (official: 2 in
+            ResNet's first stage, 1 elsewhere).
+        mode (str): ``'channel'`` (default), ``'position'``, ``'fusion_avg'``,
+            ``'fusion_max'`` or ``'fusion_concat'`` (see above).
+        position_grid (int | tuple[int, int]): Grid g of the position branch (official 8).
+        norm_cfg (dict): The reductions' norms, the row norms and the concat fusion's norm
+            (official: BN).
         init_cfg (dict, optional): mmengine initialisation config.
 
     Shape:
@@ -171,37 +206,76 @@ class GSoP(AttentionModule):
                  in_channels: int,
                  att_dim: int = 128,
                  reduce_stride: int = 1,
+                 mode: str = 'channel',
+                 position_grid=8,
                  norm_cfg: dict = dict(type='BN'),
                  init_cfg=None):
         super().__init__(in_channels, init_cfg=init_cfg)
         owner = type(self).__name__
         self.att_dim = d = check_int(owner, 'att_dim', att_dim, 1)
         self.reduce_stride = check_int(owner, 'reduce_stride', reduce_stride, 1)
-        # the official block's layer names (its state-dict keys)
+        self.mode = check_choice(owner, 'mode', mode, MODES)
+        self.position_grid = check_grid_size(owner, position_grid, 'position_grid')
+        # the official block's layer names (its state-dict keys), built for the mode's branches
         self.relu_normal = nn.ReLU()
-        # the stride is taken by subsampling x before the ReLU (see reduce): a 1x1 conv with
-        # stride s reads the same positions
-        self.conv_for_DR = PointwiseConv2d(in_channels, d)
-        self.bn_for_DR = build_norm_layer(norm_cfg, d)[1]
         self.relu = nn.ReLU()
-        self.row_bn = build_norm_layer(norm_cfg, d)[1]
-        # row-wise conv as a grouped conv: group i sees row i of the covariance
-        self.row_conv_group = RowConv2d(d, 4)
-        self.fc_adapt_channels = PointwiseConv2d(4 * d, in_channels)
+        if self.mode != 'position':
+            # the stride is taken by subsampling x before the ReLU (see reduce): a 1x1 conv
+            # with stride s reads the same positions
+            self.conv_for_DR = PointwiseConv2d(in_channels, d)
+            self.bn_for_DR = build_norm_layer(norm_cfg, d)[1]
+            self.row_bn = build_norm_layer(norm_cfg, d)[1]
+            # the row-wise conv: a grouped conv whose group i sees row i of the covariance
+            self.row_conv_group = RowConv2d(d, 4)
+            self.fc_adapt_channels = PointwiseConv2d(4 * d, in_channels)
+        if self.mode != 'channel':
+            p = self.position_grid[0] * self.position_grid[1]
+            self.conv_for_DR_spatial = PointwiseConv2d(in_channels, d)
+            self.bn_for_DR_spatial = build_norm_layer(norm_cfg, d)[1]
+            self.row_bn_for_spatial = build_norm_layer(norm_cfg, p)[1]
+            self.row_conv_group_for_spatial = RowConv2d(p, 4)
+            self.fc_adapt_channels_for_spatial = PointwiseConv2d(4 * p, p)
+        if self.mode == 'fusion_concat':
+            groups = in_channels // 64
+            if in_channels % 64 or groups > 128:
+                raise ValueError(f"{owner}: mode='fusion_concat' needs in_channels a multiple "
+                                 f'of 64 and at most 8192 (its convs have in_channels / 64 '
+                                 f'groups and kernel 2 int(log2(32 / groups)) + 5), got '
+                                 f'{in_channels}')
+            factor = int(math.log(32 / groups, 2))
+            kernel, padding = (2 * factor + 5, 1), (factor + 2, 0)
+            self.dilate_conv_for_concat1 = nn.Conv2d(in_channels, in_channels, kernel,
+                                                     padding=padding, groups=groups)
+            self.dilate_conv_for_concat2 = nn.Conv2d(in_channels, in_channels, kernel,
+                                                     padding=padding, groups=groups)
+            self.bn_for_concat = build_norm_layer(norm_cfg, in_channels)[1]
         self.init_special()
 
     def init_special(self) -> None:
         """The official ResNet's initialisation of the block's convs (kaiming normal, fan
         out, ReLU gain; biases and batch norms keep PyTorch's defaults)."""
-        for conv in (self.conv_for_DR, self.row_conv_group, self.fc_adapt_channels):
-            nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        params = fast_backward_params((x, ), self)
-        if params is None:
-            return x * self.channel_gate(x)
-        return _SampledGate.apply(x, self.gate_of_samples, self.reduce_stride, *params)
+        if self.mode == 'channel':
+            params = fast_backward_params((x, ), self)
+            if params is None:
+                return x * self.channel_gate(x)
+            return _SampledGate.apply(x, self.gate_of_samples, self.reduce_stride, *params)
+        if self.mode == 'position':
+            return self.relu_normal(x * self.position_gate(x))
+        by_channel = x * self.channel_gate(x)
+        by_position = self.relu(x * self.position_gate(x))
+        if self.mode == 'fusion_avg':
+            return by_channel + by_position
+        if self.mode == 'fusion_max':
+            return torch.maximum(by_channel, by_position)
+        fused = self.dilate_conv_for_concat1(by_channel) + self.dilate_conv_for_concat2(
+            by_position)
+        return norm_any_batch(self.bn_for_concat, fused)
 
     def subsample(self, x: torch.Tensor) -> torch.Tensor:
         """The positions of ``x`` that the reduction conv (1x1, stride s) reads:
@@ -242,10 +316,45 @@ class GSoP(AttentionModule):
         """The gate (N, C, 1, 1) that multiplies ``x``."""
         return self.gate_of_samples(self.subsample(x))
 
+    @staticmethod
+    def position_covariance(u: torch.Tensor) -> torch.Tensor:
+        """The official ``cov_feature`` of ``u`` (N, d, g_h, g_w): ``u^T I_hat u`` (N, P, P)
+        with ``I_hat = (1/P) I_d - (1/P^2) 1 1^T``, P = g_h g_w, written as
+        ``(u^T u - s s^T / P) / P`` with ``s`` the sums over the d channels; computed in
+        ``promote_types(u.dtype, float32)`` with autocast off, cast back."""
+        flat = u.flatten(2).to(torch.promote_types(u.dtype, torch.float32))
+        count = flat.shape[2]
+        with torch.autocast(u.device.type, enabled=False):
+            sums = flat.sum(1)  # (N, P)
+            gram = torch.matmul(flat.transpose(1, 2), flat)
+            cov = (gram - sums[:, :, None] * sums[:, None, :] / count) / count
+        return cov.to(u.dtype)
+
+    def position_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The position gate (N, 1, H, W) of the position branch (modes other than
+        ``'channel'``)."""
+        u = self.conv_for_DR_spatial(self.relu_normal(x))
+        u = norm_any_batch(self.bn_for_DR_spatial, u)
+        u = fit_to_grid(u, self.position_grid, 'pool', type(self).__name__)
+        rows = norm_any_batch(self.row_bn_for_spatial, self.position_covariance(u)[..., None])
+        a = self.relu(self.row_conv_group_for_spatial(rows))
+        a = torch.sigmoid(self.fc_adapt_channels_for_spatial(a))
+        a = a.view(a.shape[0], 1, *self.position_grid)
+        return fit_to_grid(a, tuple(x.shape[2:]), 'pool', type(self).__name__)
+
     def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
-        """``channel_gate``: the gate (N, C) that multiplies ``x``."""
-        return {'channel_gate': channel_map(self.channel_gate(x), 'channel gate')}
+        """``channel_gate``: the gate (N, C) that multiplies ``x`` (modes with the channel
+        branch); ``position_gate``: the gate (N, H, W) of the position branch (modes with
+        it; the forward multiplies x by it before a ReLU)."""
+        maps = {}
+        if self.mode != 'position':
+            maps['channel_gate'] = channel_map(self.channel_gate(x), 'channel gate')
+        if self.mode != 'channel':
+            maps['position_gate'] = spatial_map(self.position_gate(x), x.shape,
+                                                'position gate')
+        return maps
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, att_dim={self.att_dim}, '
-                f'reduce_stride={self.reduce_stride}')
+                f'reduce_stride={self.reduce_stride}, mode={self.mode!r}, '
+                f'position_grid={self.position_grid}')
