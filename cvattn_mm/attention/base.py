@@ -25,6 +25,7 @@ PAPER_POSITIONS = {
     'replaces_mid_conv': "in place of the residual branch's 3x3 conv",
     'between_stages': 'at the end of every stage but the last',
     'late_stages': 'in the last stages (on the coarsest feature maps)',
+    'after_every_stage': 'at the output of every stage, the last one included',
     'stage_last_residual_end': "as residual_end, in the last block of each stage only",
     'before_every_conv': ('at the input of every conv of the backbone: the stem conv(s), '
                           "each block's convs and the downsample shortcut's conv"),

@@ -59,11 +59,14 @@ def _late_blocks(position: str, blocks: list, first_stage: str):
 
 
 def _stage_ends(stage_paths: List[str], position: str) -> Optional[List[str]]:
-    """Places defined by stages alone: after every stage but the last, or the last two."""
+    """Places defined by stages alone: after every stage but the last, after every stage,
+    or after the last two."""
     if position == 'between_stages':
         return stage_paths[:-1]
     if position == 'late_stages':
         return stage_paths[-2:]
+    if position == 'after_every_stage':
+        return list(stage_paths)
     return None
 
 

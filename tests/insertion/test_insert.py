@@ -364,3 +364,23 @@ def test_new_positions_are_refused_where_undefined():
                       num_heads=(1, 2, 4, 8)), 'mmdet')
     assert swin_places(swin, 'before_every_conv') is None
     assert swin_places(swin, 'stage_last_residual_end') is None
+
+
+def test_after_every_stage_is_between_stages_plus_the_last():
+    from cvattn_mm.insertion.presets import (
+        convnext_places,
+        mobilenet_v2_places,
+        resnet_places,
+        swin_places,
+    )
+    cases = [(resnet_places, build(R18, 'mmpretrain')),
+             (swin_places, build(dict(type='SwinTransformer', depths=(2, 2, 2, 2), embed_dims=32,
+                                      num_heads=(1, 2, 4, 8)), 'mmdet')),
+             (convnext_places, build(dict(type='ConvNeXt', arch='atto'), 'mmpretrain')),
+             (mobilenet_v2_places, build(dict(type='MobileNetV2'), 'mmdet'))]
+    for places, model in cases:
+        between = places(model, 'between_stages')
+        every = places(model, 'after_every_stage')
+        assert every[:-1] == between and every[-1] not in between, type(model).__name__
+    assert resnet_places(cases[0][1], 'after_every_stage') == ['layer1', 'layer2', 'layer3',
+                                                               'layer4']
