@@ -54,8 +54,9 @@ class _SampledGate(torch.autograd.Function):
     """``y = x * gate_fn(x[:, :, ::s, ::s])`` with a hand-written backward (the gate network
     under autograd): ``dL/dg = sum_{H,W} G x`` in a buffer of x's size that then holds
     ``dL/dx = G g``, to which the samples' gradient is added in place at the sampled
-    positions. Autograd writes a product for ``dL/dg``, another for ``G g``, a zero-filled
-    map for the samples' gradient and their sum."""
+    positions (for s = 1 the samples are x, and their gradient takes ``G g`` in place).
+    Autograd writes a product for ``dL/dg``, another for ``G g``, a zero-filled map for the
+    samples' gradient and their sum."""
 
     @staticmethod
     @amp_forward
@@ -116,33 +117,35 @@ class GSoP(AttentionModule):
     4d`` (row conv) ``+ 4d C + C`` (last conv) ``= 5 C d + 4 d^2 + 9 d + C``; 230,784 at
     C = 256, d = 128.
 
-    The official file's other modes (``main.py``'s ``att_manner``; not in the paper's
-    experiments), each as the official code computes it:
+    The official file's other modes (``main.py``'s ``att_manner``; its README reports the
+    channel mode only), each as the official code computes it:
 
     * ``'position'`` (official ``'2'``): ``u = BN(Conv1x1_{C -> d, bias}(ReLU(x)))`` (no
-      ReLU after the BN), adaptive-average-pooled to a ``g x g`` grid (``position_grid``,
-      official 8; P = g^2 positions), ``Sigma_pos = u^T I_hat u`` (N, P, P) with the
-      official ``I_hat = (1/P) I_d - (1/P^2) 1 1^T`` (its centring uses the number of
-      positions over the d channels: a covariance of the positions only when d = P), row
-      BN over P rows, row conv P -> 4P, ReLU, ``Conv1x1_{4P -> P, bias}``, sigmoid, viewed as
-      (N, 1, g, g) and adaptive-average-pooled to (H, W) (the official "unpool": windows
-      replicate the grid cells); ``y = ReLU(x * a)``. Parameters
-      ``C d + 3d + 8 P^2 + 7 P`` (33,216 + 259 d at C = 256 and g = 8).
+      ReLU after the BN), adaptive-average-pooled to a ``g_h x g_w`` grid
+      (``position_grid``, official 8 x 8; P = g_h g_w positions),
+      ``Sigma_pos = u^T I_hat u`` (N, P, P) with the official
+      ``I_hat = (1/P) I_d - (1/P^2) 1 1^T`` (its centring uses the number of positions over
+      the d channels: a covariance of the positions only when d = P), row BN over P rows,
+      row conv P -> 4P, ReLU, ``Conv1x1_{4P -> P, bias}``, sigmoid, viewed as
+      (N, 1, g_h, g_w) and adaptive-average-pooled to (H, W) (the official "unpool":
+      windows replicate the grid cells); ``y = ReLU(x * a)``. Parameters
+      ``C d + 3d + 8 P^2 + 7 P`` (33,216 + 259 d at C = 256 and 8 x 8; 66,368 at d = 128).
     * ``'fusion_avg'`` (official ``'+'``; a sum): ``y = x * g + ReLU(x * a)``.
     * ``'fusion_max'`` (official ``'M'``): ``y = max(x * g, ReLU(x * a))``.
     * ``'fusion_concat'`` (official ``'&'``, "a weighted spatial concat"):
       ``y = BN_C(K_1(x * g) + K_2(ReLU(x * a)))``, ``K_1``, ``K_2`` biased ``(k, 1)`` convs
       C -> C with ``G = C / 64`` groups, ``k = 2 f + 5``, padding ``(f + 2, 0)``,
-      ``f = int(log2(32 / G))``; needs C a multiple of 64 (and k >= 1: C <= 8192).
+      ``f = int(log2(32 / G))``; needs C a multiple of 64 (and k >= 1: C < 16384).
       Parameters: the channel and position branches' ``+ 2 (64 C k + C) + 2 C``.
+
     Paper position: the residual branch's end (after its last norm, before the addition) of
     the *last* block of each stage only (``stage_last_residual_end``; 4 blocks in
     ResNet-50), as in the official ``main.py``.
 
     Initialisation: as the official ResNet's initialisation loop, which re-initialises every
-    convolution of the network, the block's included: the three conv weights are drawn
-    ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``; the conv biases keep PyTorch's
-    default initialisation; the batch norms weight 1, bias 0.
+    convolution of the network, the block's included: every conv weight (three in channel
+    mode) is drawn ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``; the conv
+    biases keep PyTorch's default initialisation; the batch norms weight 1, bias 0.
 
     In channel mode the training backward of ``x * g`` is hand-written
     (:class:`_SampledGate`; the gate network runs under autograd) and not twice
@@ -176,9 +179,8 @@ class GSoP(AttentionModule):
       traced or exported graph is specialised to the traced H x W); its covariance also
       runs in ``promote_types(dtype, float32)`` outside autocast.
     * Not implemented: GSoP-Net2's iSQRT-COV pooling at the end of the network (a head, not
-      this block).
-      The official network also sets layer4's stride to 1 (a change of the network, not of
-      the block; not made by the configs).
+      this block). The official network also sets layer4's stride to 1 (a change of the
+      network, not of the block; not made by the configs).
 
     Args:
         in_channels (int): Channels C.
@@ -237,12 +239,12 @@ class GSoP(AttentionModule):
             self.fc_adapt_channels_for_spatial = PointwiseConv2d(4 * p, p)
         if self.mode == 'fusion_concat':
             groups = in_channels // 64
-            if in_channels % 64 or groups > 128:
+            factor = int(math.log(32 / groups, 2)) if groups else 0
+            if in_channels % 64 or 2 * factor + 5 < 1:
                 raise ValueError(f"{owner}: mode='fusion_concat' needs in_channels a multiple "
-                                 f'of 64 and at most 8192 (its convs have in_channels / 64 '
-                                 f'groups and kernel 2 int(log2(32 / groups)) + 5), got '
+                                 f'of 64 below 16384 (its convs have in_channels / 64 groups '
+                                 f'and kernel height 2 int(log2(32 / groups)) + 5 >= 1), got '
                                  f'{in_channels}')
-            factor = int(math.log(32 / groups, 2))
             kernel, padding = (2 * factor + 5, 1), (factor + 2, 0)
             self.dilate_conv_for_concat1 = nn.Conv2d(in_channels, in_channels, kernel,
                                                      padding=padding, groups=groups)
