@@ -12,12 +12,39 @@ registered twice:
   ``cvattn_mm.registry`` for the scope, and the registry's ``locations`` import the modules.
 
 An unknown name looked up through this registry raises a ``KeyError`` that lists the closest
-registered names.
+registered names; a name that papers use for several modules (:data:`AMBIGUOUS_NAMES`) raises
+one that lists the candidates.
 """
 import difflib
 
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
+
+#: Names that users type and that mean several modules in this ecosystem: never resolved,
+#: a look-up lists the candidates (``name -> {candidate: (package, what it is)}``).
+AMBIGUOUS_NAMES = {
+    'EMA': {
+        'EMAU': ('cvattn_mm', "EMANet's expectation-maximisation attention unit (Li et al., "
+                              'ICCV 2019)'),
+        'EfficientMultiScaleAttention': ('cvattn_mm', 'efficient multi-scale attention '
+                                                      '(Ouyang et al., ICASSP 2023)'),
+        'ExponentialMovingAverage': ('mmengine', "a moving average of the weights (custom_hooks"
+                                                 "=[dict(type='EMAHook')]), not attention"),
+    },
+    'PSA': {
+        'PolarizedSelfAttention': ('cvattn_mm', 'polarized self-attention (Liu et al., 2021)'),
+        'PyramidSplitAttention': ('cvattn_mm', "EPSANet's pyramid split attention (Zhang et "
+                                               'al., 2021)'),
+        'PSAHead': ('mmseg', "PSANet's point-wise spatial attention head (Zhao et al., "
+                             'ECCV 2018)'),
+    },
+    'ResidualAttention': {
+        'ResidualAttentionMask': ('cvattn_mm', "the Residual Attention Network's soft mask "
+                                               'branch (Wang et al., CVPR 2017)'),
+        'CSRAHead': ('cvattn_mm', 'class-specific residual attention, a classification head '
+                                  '(Zhu and Wu, ICCV 2021)'),
+    },
+}
 
 
 class SuggestingRegistry(Registry):
@@ -46,6 +73,13 @@ class SuggestingRegistry(Registry):
 def unknown_name_message(name, registry):
     """Text of the error for an unknown ``name`` in ``registry``."""
     known = sorted(registry.module_dict)
+    if name in AMBIGUOUS_NAMES:
+        missing = ', not implemented yet'
+        candidates = '; '.join(
+            f'{candidate} ({package}'
+            f'{missing if package == "cvattn_mm" and candidate not in known else ""}): {what}'
+            for candidate, (package, what) in AMBIGUOUS_NAMES[name].items())
+        return f"'{name}' is ambiguous, name the module you mean: {candidates}"
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     close += [k for k in known if name.lower() in k.lower() and k not in close]
     hint = f'closest: {", ".join(close)}; ' if close else ''

@@ -4,13 +4,23 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from mmengine.registry import MODELS as ROOT
 
 import cvattn_mm  # noqa: F401
 from cvattn_mm.attention.catalog import attention_classes
-from cvattn_mm.registry import MODELS
+from cvattn_mm.registry import MODELS, unknown_name_message
 
 OURS = sorted(MODELS.module_dict)
+
+
+def engine_names():
+    """The names cvattn_mm registers in mmengine's root registries besides MODELS (hooks,
+    optimiser wrappers)."""
+    import mmengine.registry as root
+    return sorted(name for attr in ('HOOKS', 'OPTIM_WRAPPERS')
+                  for name, cls in getattr(root, attr).module_dict.items()
+                  if cls.__module__.startswith('cvattn_mm.'))
 ATTENTION = list(attention_classes())
 
 
@@ -80,7 +90,10 @@ def test_scoped_name_needs_no_import():
 
 
 def test_no_name_collides_with_the_ecosystem():
-    """Every registry of mmengine, mmcv, mmdet, mmseg and mmpretrain, fully populated."""
+    """Every registry of mmengine, mmcv, mmdet, mmseg and mmpretrain, fully populated, against
+    our models, hooks and optimiser wrappers."""
+    assert {'SparsityPenaltyHook', 'ProgressBarHook', 'CPUBF16OptimWrapper'} <= set(
+        engine_names())
     run_python(f"""
         import importlib
         from mmengine.registry import Registry
@@ -95,7 +108,7 @@ def test_no_name_collides_with_the_ecosystem():
                 if isinstance(obj, Registry):
                     registries[module_name + '.' + attr] = obj
         assert len(registries) > 40, len(registries)
-        ours = {OURS!r}
+        ours = {OURS + engine_names()!r}
         clashes = []
         for where, registry in registries.items():
             for name in ours:
@@ -128,3 +141,26 @@ def test_list_modules_cli():
     lines = out.strip().splitlines()
     assert len(lines) == 1 + len(ATTENTION)
     assert any(line.split()[0] == 'SE' and '8,464' in line for line in lines), out
+
+
+@pytest.mark.parametrize('name,candidates', [
+    ('EMA', ['EMAU', 'EfficientMultiScaleAttention', 'ExponentialMovingAverage']),
+    ('PSA', ['PolarizedSelfAttention', 'PyramidSplitAttention', 'PSAHead']),
+    ('ResidualAttention', ['ResidualAttentionMask', 'CSRAHead']),
+])
+def test_ambiguous_names_list_the_candidates(name, candidates):
+    from cvattn_mm.insertion import insert_attention
+    from cvattn_mm.registry import AMBIGUOUS_NAMES
+
+    assert list(AMBIGUOUS_NAMES[name]) == candidates
+    pattern = rf"'{name}' is ambiguous, name the module you mean: {candidates[0]} .*" + \
+        '.*'.join(candidates[1:])
+    with pytest.raises(KeyError, match=pattern):
+        MODELS.build(dict(type=name, in_channels=8))
+    with pytest.raises(KeyError, match=pattern):
+        insert_attention(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1)),
+                         [dict(attention=name, at='0')])
+    for candidate, (package, _) in AMBIGUOUS_NAMES[name].items():
+        if package == 'cvattn_mm' and candidate in MODELS.module_dict:
+            assert f'{candidate} (cvattn_mm)' in unknown_name_message(name, MODELS)
+    assert name not in MODELS.module_dict and name not in ROOT.module_dict
