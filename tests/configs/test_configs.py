@@ -171,6 +171,12 @@ REPRESENTATIVE = {
     'classification/swin/swin-tiny-cbam_16xb64_in1k.py':
     expect([f'stages.{s}.blocks.{b}.ffn.layers'
             for s, n in enumerate(SWIN_T_BLOCKS) for b in range(n)], 'CBAM'),
+    'classification/resnet50/resnet50-gsop_8xb32_in1k.py':
+    expect(['layer1.2.bn3', 'layer2.3.bn3', 'layer3.5.bn3', 'layer4.2.bn3'], 'GSoP'),
+    'classification/resnet50/resnet50-gct_8xb32_in1k.py':
+    expect(['conv1:input'] + [f'{b}.{conv}:input' for b in resnet_blocks(R50_BLOCKS)
+                              for conv in ('conv1', 'conv2', 'conv3', 'downsample.0')
+                              if conv != 'downsample.0' or b.endswith('.0')], 'GCT'),
     'detection/faster_rcnn/faster-rcnn_r50-gc-c3-c5_fpn_1x_coco.py':
     expect([f'{b}.bn3' for b in resnet_blocks(R50_BLOCKS, (2, 3, 4))], 'GC'),
     'detection/mask_rcnn/mask-rcnn_r50-scsa-c3-c5_fpn_1x_coco.py':
@@ -222,3 +228,17 @@ def test_csra_config_replaces_pooling_and_head():
     model = build(load('configs/classification/resnet50/resnet50-csra_8xb32_in1k.py'))
     assert isinstance(model.head, CSRAHead)
     assert not model.with_neck
+
+
+def test_every_registered_module_has_a_resnet50_config_at_its_paper_position():
+    """The README promises a ResNet-50 classification config for every module."""
+    from cvattn_mm.attention.catalog import attention_classes
+    at_paper = set()
+    for path in glob.glob(osp.join(ROOT, 'configs/classification/resnet50/*.py')):
+        insertions = load(osp.relpath(path, ROOT)).model.backbone.get('insertions', [])
+        at_paper |= {i['attention']['type'] for i in insertions if i.get('at') == 'paper'}
+    missing = set(attention_classes()) - at_paper
+    # FCA/GatherExcite/GSoP's official configs set per-stage options with explicit places;
+    # their default configs are at='paper'
+    assert not missing, f'no configs/classification/resnet50 config at the paper position: ' \
+        f'{sorted(missing)}'
