@@ -1,5 +1,5 @@
 """The base class of every attention module: metadata, input validation, attention maps."""
-from typing import ClassVar, Dict, Optional
+from typing import ClassVar, Dict, List, Optional
 
 import torch
 from mmengine.model import BaseModule
@@ -111,6 +111,12 @@ class AttentionModule(BaseModule):
         :func:`cvattn_mm.visualization.extract_maps`. Every module implements it.
         """
         raise NotImplementedError(f'{type(self).__name__} does not implement attention_maps')
+
+    def sparsity_parameters(self) -> List[torch.nn.Parameter]:
+        """The weights that the paper trains with an L1 sparsity penalty (NAM's BN weights),
+        applied by ``cvattn_mm.engine.SparsityPenaltyHook`` when a config adds it; none by
+        default."""
+        return []
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}'
