@@ -1,9 +1,10 @@
 """Spatial attention: reweighting or aggregating positions, incl. self-attention."""
 from .deformable_attention import DeformableAttention2D
+from .double_attention import DoubleAttention
 from .external_attention import ExternalAttention
 from .multi_head_external_attention import MultiHeadExternalAttention
 from .non_local import NonLocalBlock
 from .pooled_self_attention import PooledSelfAttention
 
-__all__ = ['DeformableAttention2D', 'ExternalAttention', 'MultiHeadExternalAttention',
-           'NonLocalBlock', 'PooledSelfAttention']
+__all__ = ['DeformableAttention2D', 'DoubleAttention', 'ExternalAttention',
+           'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention']
