@@ -93,12 +93,15 @@ def format_rows(rows: List[Dict], total_params: int) -> str:
         rows: Rows of :func:`insertion_rows`.
         total_params: Parameters of the whole model, attention included.
     """
-    lines = [f'{"module":10s} {"path":34s} {"channels":>8s} {"layout":>7s}  '
-             f'{"attention":26s} {"params":>10s}  via']
-    for r in rows:
-        attention = r['attention'] + (' (identity init)' if r['identity_init'] else '')
-        lines.append(f'{r["module"] or "(model)":10s} {r["path"]:34s} {r["channels"]:8d} '
-                     f'{r["layout"]:>7s}  {attention:26s} {r["params"]:10,d}  {r["via"]}')
+    header = ('module', 'path', 'channels', 'layout', 'attention', 'params', 'via')
+    cells = [(r['module'] or '(model)', r['path'], str(r['channels']), r['layout'],
+              r['attention'] + (' (identity init)' if r['identity_init'] else ''),
+              f'{r["params"]:,d}', r['via']) for r in rows]
+    widths = [max(len(row[i]) for row in [header] + cells) for i in range(len(header) - 1)]
+    right = {2, 3, 5}  # numbers and the layout are right-aligned
+    lines = ['  '.join([cell.rjust(w) if i in right else cell.ljust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths))] + [row[-1]])
+             for row in [header] + cells]
     added = sum(r['params'] for r in rows)
     plugins = sum(r['via'] != 'insertions' for r in rows)
     lines.append(f'{len(rows)} attention modules ({len(rows) - plugins} inserted, {plugins} '
