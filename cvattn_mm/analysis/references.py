@@ -776,6 +776,59 @@ def _gam_state(ours):
     return out
 
 
+# --- DoubleAttention -------------------------------------------------------------------
+
+
+class DoubleAttentionReference(nn.Module):
+    """The A^2-Nets double attention block as the most used public copy lays it out
+    (``xmu-xiaoma666/External-Attention-pytorch``, ``model/attention/A2Atttention.py``; no
+    official code is known), with the paper's softmax axes and residual.
+
+    ``convA``, ``convB``, ``convV``: three biased 1x1 ``nn.Conv2d``; ``B`` softmaxed over the
+    positions (last axis) and ``V`` over the c_n channels (axis 1) of each sample (the copy
+    calls ``F.softmax`` without ``dim``: over the batch axis); ``G = bmm(A, b^T)``,
+    ``Z = G @ v``; ``conv_reconstruct`` (biased 1x1); ``x`` added (the copy returns the
+    reconstruction alone).
+
+    Args:
+        channels (int): C.
+        c_m (int): Width of A.
+        c_n (int): Width of B and V.
+    """
+
+    def __init__(self, channels: int, c_m: int, c_n: int):
+        super().__init__()
+        self.c_m, self.c_n = c_m, c_n
+        self.convA = nn.Conv2d(channels, c_m, 1)
+        self.convB = nn.Conv2d(channels, c_n, 1)
+        self.convV = nn.Conv2d(channels, c_n, 1)
+        self.conv_reconstruct = nn.Conv2d(c_m, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        feats = self.convA(x).flatten(2)  # (N, c_m, S)
+        maps = self.convB(x).flatten(2).softmax(dim=2)  # per map, over positions
+        vectors = self.convV(x).flatten(2).softmax(dim=1)  # per position, over c_n
+        descriptors = torch.bmm(feats, maps.transpose(1, 2))  # (N, c_m, c_n)
+        z = torch.matmul(descriptors, vectors).reshape(n, self.c_m, h, w)
+        return x + self.conv_reconstruct(z)
+
+
+def _double_attention(ours):
+    return DoubleAttentionReference(ours.in_channels, ours.mid_channels, ours.num_descriptors)
+
+
+def _double_attention_state(ours):
+    state = ours.state_dict()
+    parts = [ours.mid_channels, ours.num_descriptors, ours.num_descriptors]
+    out = {}
+    for name, weight, bias in zip(('convA', 'convB', 'convV'),
+                                  state['embed.weight'].split(parts),
+                                  state['embed.bias'].split(parts)):
+        out[f'{name}.weight'], out[f'{name}.bias'] = weight, bias
+    return {**out, **_prefixed(state, 'reconstruct.', 'conv_reconstruct.')}
+
+
 # --- NAM -------------------------------------------------------------------------------
 
 
@@ -880,6 +933,12 @@ REFERENCES: List[Peer] = [
               lambda ours: _prefixed(dict(ours.state_dict()), 'bn.', 'bn2.'),
               differences='None with our defaults (the channel form; bit-identical in float64). '
               'The official code multiplies on a channels-last copy and permutes back.'),
+    reference('DoubleAttention', 'xmu-xiaoma666/External-Attention-pytorch '
+              'model/attention/A2Atttention.py', _double_attention, _double_attention_state,
+              differences='No official code: the most used public copy, with its softmaxes '
+              'over the batch axis replaced by the paper\'s (B over positions, V over the c_n '
+              'channels, per sample) and x added. The copy has three convs A, B, V, ours one '
+              'conv of c_m + 2 c_n outputs (weights split).'),
 ]
 
 

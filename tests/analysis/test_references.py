@@ -32,6 +32,7 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('GSoP', dict(att_dim=8), (1, 1)),
     ('FCA', dict(grid_size=8), (8, 8)),  # on the grid: no pooling
     ('FCA', dict(freq_sel='low4', grid_size=(14, 7), reduction=4), (5, 9)),
+    ('DoubleAttention', dict(reduction=2, num_descriptors=3), (5, 7)),
 ]
 
 
