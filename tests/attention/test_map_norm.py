@@ -64,12 +64,17 @@ def modules_with_a_norm_cfg():
             if 'norm_cfg' in inspect.signature(MODELS.get(name).__init__).parameters]
 
 
+#: Options under which a module whose defaults build no norm builds its norm_cfg.
+USES_ITS_NORM = {'GatherExcite': dict(variant='theta', extent=4)}
+
+
 @pytest.mark.parametrize('name', modules_with_a_norm_cfg())
 def test_every_norm_cfg_takes_a_layer_norm_over_the_channels(name):
     """mmcv's dict(type='LN') is nn.LayerNorm(C) on the last axis: every module builds its
     map norms through build_map_norm, so a LayerNorm normalises channels, at any width."""
     from cvattn_mm.registry import MODELS
-    module = MODELS.build(dict(type=name, in_channels=64, norm_cfg=dict(type='LN')))
+    module = MODELS.build(dict(type=name, in_channels=64, norm_cfg=dict(type='LN'),
+                               **USES_ITS_NORM.get(name, {})))
     layer_norms = [(p, m) for p, m in module.named_modules() if isinstance(m, nn.LayerNorm)]
     assert layer_norms, f'{name} builds no LayerNorm from norm_cfg LN'
     for path, norm in layer_norms:

@@ -5,13 +5,14 @@ from typing import Dict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_int, reduced_channels
 from ..fast_backward import is_tracing
 from ..gating import pooled_gate
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
@@ -178,7 +179,7 @@ class GatherExcite(AttentionModule):
         layers = OrderedDict()
         for i, conv in enumerate(convs, 1):
             layers[f'conv{i}'] = conv
-            layers[f'norm{i}'] = build_norm_layer(norm_cfg, c)[1]
+            layers[f'norm{i}'] = build_map_norm(norm_cfg, c)
             if i < len(convs) or self.variant == 'theta_plus':
                 layers[f'act{i}'] = build_activation_layer(act_cfg)
         return nn.Sequential(layers)

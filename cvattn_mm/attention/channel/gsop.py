@@ -4,13 +4,13 @@ from typing import Dict
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 from torch.autograd.function import once_differentiable
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice, check_int
 from ..fast_backward import amp_backward, amp_forward, fast_backward_params
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
@@ -225,16 +225,16 @@ class GSoP(AttentionModule):
             # the stride is taken by subsampling x before the ReLU (see reduce): a 1x1 conv
             # with stride s reads the same positions
             self.conv_for_DR = PointwiseConv2d(in_channels, d)
-            self.bn_for_DR = build_norm_layer(norm_cfg, d)[1]
-            self.row_bn = build_norm_layer(norm_cfg, d)[1]
+            self.bn_for_DR = build_map_norm(norm_cfg, d)
+            self.row_bn = build_map_norm(norm_cfg, d)
             # the row-wise conv: a grouped conv whose group i sees row i of the covariance
             self.row_conv_group = RowConv2d(d, 4)
             self.fc_adapt_channels = PointwiseConv2d(4 * d, in_channels)
         if self.mode != 'channel':
             p = self.position_grid[0] * self.position_grid[1]
             self.conv_for_DR_spatial = PointwiseConv2d(in_channels, d)
-            self.bn_for_DR_spatial = build_norm_layer(norm_cfg, d)[1]
-            self.row_bn_for_spatial = build_norm_layer(norm_cfg, p)[1]
+            self.bn_for_DR_spatial = build_map_norm(norm_cfg, d)
+            self.row_bn_for_spatial = build_map_norm(norm_cfg, p)
             self.row_conv_group_for_spatial = RowConv2d(p, 4)
             self.fc_adapt_channels_for_spatial = PointwiseConv2d(4 * p, p)
         if self.mode == 'fusion_concat':
@@ -250,7 +250,7 @@ class GSoP(AttentionModule):
                                                      padding=padding, groups=groups)
             self.dilate_conv_for_concat2 = nn.Conv2d(in_channels, in_channels, kernel,
                                                      padding=padding, groups=groups)
-            self.bn_for_concat = build_norm_layer(norm_cfg, in_channels)[1]
+            self.bn_for_concat = build_map_norm(norm_cfg, in_channels)
         self.init_special()
 
     def init_special(self) -> None:

@@ -3,11 +3,11 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_choice
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
 from ..size_policy import (
@@ -106,7 +106,7 @@ class NAM(AttentionModule):
             raise ValueError(f'{owner}: grid_size={grid_size!r} is only used with '
                              'spatial=True (the channel form is not size-bound)')
         self.grid_size = None if grid_size is None else check_grid_size(owner, grid_size)
-        self.bn = build_norm_layer(norm_cfg, in_channels)[1]
+        self.bn = build_map_norm(norm_cfg, in_channels)
         if getattr(self.bn, 'weight', None) is None:
             raise ValueError(f'{owner}: norm_cfg={norm_cfg!r} builds a norm without an '
                              'affine weight; NAM weighs channels by that weight')

@@ -3,11 +3,12 @@ from typing import Dict
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 
 from ...registry import register_model
 from ..base import AttentionModule
 from ..checks import check_odd, reduced_channels
+from ..map_norm import build_map_norm
 from ..maps import AttentionMap, channel_map, spatial_map
 from ..norm import norm_any_batch
 from ..pointwise import PointwiseConv2d
@@ -88,10 +89,10 @@ class GAM(AttentionModule):
         self.channel_fc2 = PointwiseConv2d(hidden, in_channels)
         padding = (kernel_size - 1) // 2
         self.spatial_conv1 = nn.Conv2d(in_channels, hidden, kernel_size, padding=padding)
-        self.spatial_norm1 = build_norm_layer(norm_cfg, hidden)[1]
+        self.spatial_norm1 = build_map_norm(norm_cfg, hidden)
         self.spatial_act = build_activation_layer(act_cfg)
         self.spatial_conv2 = nn.Conv2d(hidden, in_channels, kernel_size, padding=padding)
-        self.spatial_norm2 = build_norm_layer(norm_cfg, in_channels)[1]
+        self.spatial_norm2 = build_map_norm(norm_cfg, in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
