@@ -9,11 +9,13 @@ def list_modules(args) -> None:
     from .attention.catalog import list_attention_modules
 
     rows = list_attention_modules(args.channels)
-    print(f'{"name":28s} {"family":16s} {"position":18s} {"params@C=" + str(args.channels):>12s}'
-          '  paper')
-    for r in rows:
-        print(f'{r["name"]:28s} {r["family"]:16s} {r["paper_position"]:18s} '
-              f'{r["params"]:12,d}  {r["paper"]}')
+    table = [('name', 'family', 'position', f'params@C={args.channels}', 'paper')] + [
+        (r['name'], r['family'], r['paper_position'], f'{r["params"]:,d}', r['paper'])
+        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print('  '.join([row[i].ljust(widths[i]) for i in range(3)] +
+                        [row[3].rjust(widths[3]), row[4]]))
 
 
 def print_insertions(args) -> None:
