@@ -9,7 +9,7 @@ side by side.
 Peers: timm (``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``,
 ``SelectiveKernel``, ``NonLocalAttn``, ``CoordAttn``, ``GatherExcite``), mmcv
 (``ContextBlock``, ``NonLocal2d``) and lucidrains' ``deformable-attention``
-(``DeformableAttention2D``). mmcv's ``CrissCrossAttention`` has no counterpart here.
+(``DeformableAttention2D``). mmcv's ``CrissCrossAttention`` is RCCA's (one pass).
 Modules without a package peer have a reference instead (:mod:`.references`, a Peer whose
 package is torch); :func:`.references.peers_of` lists both.
 """
@@ -288,6 +288,23 @@ def _mmcv_non_local_incomparable(ours, shape):
     return None
 
 
+def _mmcv_cca(ours):
+    from mmcv.ops import CrissCrossAttention
+    if ours.recurrence != 1:
+        raise ValueError("mmcv's CrissCrossAttention is one criss-cross pass: the pair needs "
+                         f'recurrence=1, got {ours.recurrence}')
+    if ours.inter_channels != ours.in_channels // 8:
+        raise ValueError("mmcv's CrissCrossAttention has query/key width C // 8 = "
+                         f'{ours.in_channels // 8}, got {ours.inter_channels}')
+    return CrissCrossAttention(ours.in_channels)
+
+
+def _mmcv_cca_state(ours):
+    state = dict(ours.state_dict())
+    state['gamma.scale'] = state.pop('gamma').reshape(())
+    return state
+
+
 # --- deformable-attention (lucidrains) -------------------------------------------------
 
 
@@ -367,6 +384,13 @@ PEERS: List[Peer] = [
          'the official code pools x first, our default); its sub-sampling floors odd maps '
          'where ours ceils.',
          incomparable=_mmcv_non_local_incomparable),
+    Peer('RCCA', 'mmcv CrissCrossAttention', 'mmcv', _mmcv_cca, _mmcv_cca_state,
+         ours_cfg=lambda in_channels: dict(recurrence=1),
+         differences="mmcv's CrissCrossAttention is one pass (the pair sets recurrence=1; our "
+         'default R = 2 applies the pass twice with the same weights); same math as the '
+         "official CCNet pass (einsum, a -inf diagonal added to the column's logits; ours a "
+         'masked fill, the logits and softmax in at least float32); gamma a scalar Scale '
+         '(ours a 1-element parameter, as the official code).'),
     Peer('CoordAttention', 'timm CoordAttn', 'timm', _timm_coord, lambda ours: ours.state_dict(),
          differences="timm's defaults have no conv bias and width C/16 * 2/3 rounded to 8; the "
          'pair sets bias=True and our width (max(C // 32, 8)).'),

@@ -28,6 +28,9 @@ VARIANTS = [
     ('mmcv NonLocal2d', dict(sub_sample=True), (6, 10)),
     ('mmcv NonLocal2d', dict(mode='gaussian', sub_sample=True, norm_cfg=None), (6, 10)),
     ('timm CoordAttn', dict(reduction=8, min_channels=4), (5, 7)),
+    ('mmcv CrissCrossAttention', dict(), (1, 1)),
+    ('mmcv CrissCrossAttention', dict(), (1, 9)),
+    ('mmcv CrissCrossAttention', dict(), (9, 1)),
     ('timm GatherExcite', dict(extent=8), (13, 17)),
     ('timm GatherExcite', dict(extent=2), (5, 7)),
     ('deformable-attention DeformableAttention2D',
@@ -79,7 +82,7 @@ def test_same_output_variants(name, cfg, size):
 def test_peers_cover_the_modules_with_public_implementations():
     assert {p.module for p in PEERS} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
                                          'CoordAttention', 'DeformableAttention2D',
-                                         'GatherExcite'}
+                                         'GatherExcite', 'RCCA'}
     assert set(p.module for p in PEERS) <= set(attention_classes())
     assert [p.name for p in peers_of('GC')] == ['timm GlobalContext', 'mmcv ContextBlock']
     assert all(p.differences for p in PEERS)
@@ -142,3 +145,10 @@ def test_timm_gather_excite_rejects_what_timm_cannot_build(cfg):
 def test_timm_non_local_rejects_other_modes():
     with pytest.raises(ValueError, match='embedded-Gaussian'):
         build_pair(peer_named('timm NonLocalAttn'), C, mode='dot_product')
+
+
+def test_mmcv_criss_cross_attention_is_one_pass():
+    with pytest.raises(ValueError, match='recurrence=1'):
+        build_pair(peer_named('mmcv CrissCrossAttention'), C, recurrence=2)
+    with pytest.raises(ValueError, match='C // 8'):
+        build_pair(peer_named('mmcv CrissCrossAttention'), C, reduction=4)

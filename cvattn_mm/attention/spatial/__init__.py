@@ -5,6 +5,7 @@ from .external_attention import ExternalAttention
 from .multi_head_external_attention import MultiHeadExternalAttention
 from .non_local import NonLocalBlock
 from .pooled_self_attention import PooledSelfAttention
+from .rcca import RCCA
 
 __all__ = ['DeformableAttention2D', 'DoubleAttention', 'ExternalAttention',
-           'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention']
+           'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention', 'RCCA']
