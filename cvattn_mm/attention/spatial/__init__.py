@@ -1,11 +1,12 @@
 """Spatial attention: reweighting or aggregating positions, incl. self-attention."""
 from .deformable_attention import DeformableAttention2D
 from .double_attention import DoubleAttention
+from .emau import EMAU
 from .external_attention import ExternalAttention
 from .multi_head_external_attention import MultiHeadExternalAttention
 from .non_local import NonLocalBlock
 from .pooled_self_attention import PooledSelfAttention
 from .rcca import RCCA
 
-__all__ = ['DeformableAttention2D', 'DoubleAttention', 'ExternalAttention',
+__all__ = ['DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention',
            'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention', 'RCCA']
