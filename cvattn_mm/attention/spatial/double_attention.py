@@ -56,7 +56,8 @@ class DoubleAttention(AttentionModule):
     state-dict keys differ from the copies' ``convA``, ``convB``, ``convV``).
     Differences from the public copies (External-Attention-pytorch's ``DoubleAttention``
     and its derivatives): they normalise ``B`` and ``V`` over the batch axis, not over
-    positions and channels, and return ``conv(Z)`` without adding ``x``.
+    positions and channels, and return ``conv(Z)`` without adding ``x``; other copies
+    softmax ``V`` over the positions instead of the c_n channels.
 
     Args:
         in_channels (int): Channels C.
