@@ -8,8 +8,9 @@ side by side.
 
 Peers: timm (``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``,
 ``SelectiveKernel``, ``NonLocalAttn``, ``CoordAttn``, ``GatherExcite``), mmcv
-(``ContextBlock``, ``NonLocal2d``) and lucidrains' ``deformable-attention``
-(``DeformableAttention2D``). mmcv's ``CrissCrossAttention`` is RCCA's (one pass).
+(``ContextBlock``, ``NonLocal2d``), mmseg (``PAM``, ``CAM`` of ``da_head``: DualAttention's
+branches alone) and lucidrains' ``deformable-attention`` (``DeformableAttention2D``).
+mmcv's ``CrissCrossAttention`` is RCCA's (one pass).
 Modules without a package peer have a reference instead (:mod:`.references`, a Peer whose
 package is torch); :func:`.references.peers_of` lists both.
 """
@@ -305,6 +306,34 @@ def _mmcv_cca_state(ours):
     return state
 
 
+# --- mmseg ------------------------------------------------------------------------------
+
+
+def _mmseg_pam(ours):
+    from mmseg.models.decode_heads.da_head import PAM
+    if ours.branches != ('pam', ):
+        raise ValueError("mmseg's PAM is the position branch alone: the pair needs "
+                         f"branches=('pam',), got {ours.branches}")
+    return PAM(ours.in_channels, ours.inter_channels)
+
+
+def _mmseg_pam_state(ours):
+    state = _renamed(ours.state_dict(), {'query_conv.': 'query_project.',
+                                         'key_conv.': 'key_project.',
+                                         'value_conv.': 'value_project.',
+                                         'pam_gamma': 'gamma.scale'})
+    state['gamma.scale'] = state['gamma.scale'].reshape(())
+    return state
+
+
+def _mmseg_cam(ours):
+    from mmseg.models.decode_heads.da_head import CAM
+    if ours.branches != ('cam', ):
+        raise ValueError("mmseg's CAM is the channel branch alone: the pair needs "
+                         f"branches=('cam',), got {ours.branches}")
+    return CAM()
+
+
 # --- deformable-attention (lucidrains) -------------------------------------------------
 
 
@@ -401,6 +430,17 @@ PEERS: List[Peer] = [
          'TypeError at construction in timm 1.0.31 (device and dtype passed as *dd for **dd), '
          'so the pair sets use_mlp=False; timm\'s theta-plus lacks the official ReLU after '
          "the gather's BN."),
+    Peer('DualAttention', 'mmseg PAM', 'mmseg', _mmseg_pam, _mmseg_pam_state,
+         ours_cfg=lambda in_channels: dict(branches=('pam', )),
+         differences="mmseg's PAM is the position branch alone (the pair sets "
+         "branches=('pam',)); same math as the official PAM_Module: biased 1x1 convs, no "
+         'scale, gamma a scalar Scale (ours a 1-element parameter).'),
+    Peer('DualAttention', 'mmseg CAM', 'mmseg', _mmseg_cam,
+         lambda ours: {'gamma.scale': ours.cam_gamma.reshape(())},
+         ours_cfg=lambda in_channels: dict(branches=('cam', )),
+         differences="mmseg's CAM is the channel branch alone (the pair sets "
+         "branches=('cam',)); it computes softmax(rowmax(E) - E) and runs in the input's "
+         'dtype, ours softmax(-E) (the same function) in at least float32.'),
     Peer('DeformableAttention2D', 'deformable-attention DeformableAttention2D',
          'deformable_attention', _dat, _dat_state,
          ours_cfg=lambda c: dict(to_q_bias=False, to_v_bias=False, cpb_dim=c // 4, cpb_depth=2,

@@ -28,6 +28,9 @@ VARIANTS = [
     ('mmcv NonLocal2d', dict(sub_sample=True), (6, 10)),
     ('mmcv NonLocal2d', dict(mode='gaussian', sub_sample=True, norm_cfg=None), (6, 10)),
     ('timm CoordAttn', dict(reduction=8, min_channels=4), (5, 7)),
+    ('mmseg PAM', dict(reduction=4), (5, 7)),
+    ('mmseg PAM', dict(), (1, 1)),
+    ('mmseg CAM', dict(), (1, 9)),
     ('mmcv CrissCrossAttention', dict(), (1, 1)),
     ('mmcv CrissCrossAttention', dict(), (1, 9)),
     ('mmcv CrissCrossAttention', dict(), (9, 1)),
@@ -82,7 +85,7 @@ def test_same_output_variants(name, cfg, size):
 def test_peers_cover_the_modules_with_public_implementations():
     assert {p.module for p in PEERS} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
                                          'CoordAttention', 'DeformableAttention2D',
-                                         'GatherExcite', 'RCCA'}
+                                         'GatherExcite', 'RCCA', 'DualAttention'}
     assert set(p.module for p in PEERS) <= set(attention_classes())
     assert [p.name for p in peers_of('GC')] == ['timm GlobalContext', 'mmcv ContextBlock']
     assert all(p.differences for p in PEERS)

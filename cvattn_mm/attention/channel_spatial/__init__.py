@@ -2,10 +2,12 @@
 from .bam import BAM
 from .cbam import CBAM
 from .coord_attention import CoordAttention
+from .dual_attention import DualAttention
 from .gam import GAM
 from .scsa import SCSA
 from .scse import SCSE
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'GAM', 'SCSA', 'SCSE', 'SimAM', 'TripletAttention']
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'SCSA', 'SCSE', 'SimAM',
+           'TripletAttention']
