@@ -334,6 +334,48 @@ def _mmseg_cam(ours):
     return CAM()
 
 
+# --- mmseg: EMANet ---------------------------------------------------------------------
+
+
+class MmsegEMAUnit(nn.Module):
+    """The unit inside mmseg's ``EMAHead`` (``ema_mid_conv``, ``EMAModule``, ReLU,
+    ``ema_out_conv``, ``ReLU(identity + .)``), as its ``forward`` runs it after ``ema_in_conv``;
+    ``ema_mid_conv`` frozen as in ``EMAHead``. mmseg has no stand-alone module for it."""
+
+    def __init__(self, channels: int, num_bases: int, num_stages: int, momentum: float,
+                 norm_cfg: Optional[dict]):
+        super().__init__()
+        from mmcv.cnn import ConvModule
+        from mmseg.models.decode_heads.ema_head import EMAModule
+        self.ema_mid_conv = ConvModule(channels, channels, 1, norm_cfg=None, act_cfg=None)
+        for param in self.ema_mid_conv.parameters():
+            param.requires_grad = False
+        self.ema_module = EMAModule(channels, num_bases, num_stages, momentum)
+        self.ema_out_conv = ConvModule(channels, channels, 1, norm_cfg=norm_cfg, act_cfg=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recon = self.ema_module(self.ema_mid_conv(x)).relu()
+        return torch.relu(x + self.ema_out_conv(recon))
+
+
+def _mmseg_emau(ours):
+    if ours.norm is not None and not isinstance(ours.norm, nn.BatchNorm2d):
+        raise ValueError("mmseg's EMAHead unit is paired with a BN or no norm, got "
+                         f'{type(ours.norm).__name__}')
+    norm_cfg = None if ours.norm is None else dict(type='BN', eps=ours.norm.eps,
+                                                   momentum=ours.norm.momentum)
+    return MmsegEMAUnit(ours.in_channels, ours.num_bases, ours.num_stages, ours.momentum,
+                        norm_cfg)
+
+
+def _mmseg_emau_state(ours):
+    state = _renamed(ours.state_dict(), {'conv1.': 'ema_mid_conv.conv.',
+                                         'conv2.': 'ema_out_conv.conv.',
+                                         'norm.': 'ema_out_conv.bn.',
+                                         'bases': 'ema_module.bases'})
+    return state
+
+
 # --- deformable-attention (lucidrains) -------------------------------------------------
 
 
@@ -455,4 +497,13 @@ PEERS: List[Peer] = [
          'normalize_grid replaced by the cell-centre one (dat_cell_centre_geometry); the '
          'benchmark times the unmodified peer.',
          equivalence=dat_cell_centre_geometry),
+    Peer('EMAU', 'mmseg EMAModule', 'mmseg', _mmseg_emau, _mmseg_emau_state,
+         ours_cfg=lambda in_channels: dict(eps=1e-12, eps_mode='clamp', renormalize_bases=True,
+                                           em_grad='none'),
+         differences="mmseg's EMAModule is the EM core only; the pair wraps it with the "
+         "layers of mmseg's EMAHead around it (ema_mid_conv frozen, ema_out_conv with BN). "
+         'mmseg divides by max(norm, 1e-12) where ours (and the official code) add 1e-6, and '
+         'l2-normalises the batch mean of the bases before the moving average: the pair sets '
+         "eps=1e-12, eps_mode='clamp', renormalize_bases=True, and em_grad='none' (no gradient "
+         'through the EM steps, as mmseg and the official code).'),
 ]

@@ -34,6 +34,8 @@ VARIANTS = [
     ('mmcv CrissCrossAttention', dict(), (1, 1)),
     ('mmcv CrissCrossAttention', dict(), (1, 9)),
     ('mmcv CrissCrossAttention', dict(), (9, 1)),
+    ('mmseg EMAModule', dict(num_bases=8, num_stages=1), (5, 7)),
+    ('mmseg EMAModule', dict(norm_cfg=None), (1, 1)),
     ('timm GatherExcite', dict(extent=8), (13, 17)),
     ('timm GatherExcite', dict(extent=2), (5, 7)),
     ('deformable-attention DeformableAttention2D',
@@ -83,7 +85,7 @@ def test_same_output_variants(name, cfg, size):
 
 
 def test_peers_cover_the_modules_with_public_implementations():
-    assert {p.module for p in PEERS} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
+    assert {p.module for p in PEERS, 'EMAU'} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
                                          'CoordAttention', 'DeformableAttention2D',
                                          'GatherExcite', 'RCCA', 'DualAttention'}
     assert set(p.module for p in PEERS) <= set(attention_classes())
