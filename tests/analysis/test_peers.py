@@ -85,9 +85,10 @@ def test_same_output_variants(name, cfg, size):
 
 
 def test_peers_cover_the_modules_with_public_implementations():
-    assert {p.module for p in PEERS, 'EMAU'} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
+    assert {p.module for p in PEERS} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
                                          'CoordAttention', 'DeformableAttention2D',
-                                         'GatherExcite', 'RCCA', 'DualAttention'}
+                                         'GatherExcite', 'RCCA', 'DualAttention',
+                                         'EMAU'}
     assert set(p.module for p in PEERS) <= set(attention_classes())
     assert [p.name for p in peers_of('GC')] == ['timm GlobalContext', 'mmcv ContextBlock']
     assert all(p.differences for p in PEERS)
