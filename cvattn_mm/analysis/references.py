@@ -861,6 +861,100 @@ def _nam(ours):
     return NAMReference(ours.in_channels, ours.bn)
 
 
+# --- RGA -------------------------------------------------------------------------------
+
+
+def _rga_embedding(a: int, b: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(a, b, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
+
+
+def _rga_weight_net(n: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(n, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+                         nn.Conv2d(hidden, 1, 1, bias=False), nn.BatchNorm2d(1))
+
+
+class RGAReference(nn.Module):
+    """RGA as in the official ``microsoft/Relation-Aware-Global-Attention-Networks``,
+    ``reid/models/models_utils/rga_modules.py`` (``RGA_Module`` at cdc9965), which runs at
+    its construction size only; on other sizes the reference pools x to the grid with
+    ``F.adaptive_avg_pool2d`` (for each branch) and resizes the spatial gate back
+    (bilinear), as our size policy.
+
+    Spatial: theta, phi embeddings viewed (N, c', S), ``G = theta^T phi``, ``G^T`` and ``G``
+    viewed (N, S, h, w) and concatenated, embedded, the channel mean of a third embedding
+    in front, W-net, ``sigmoid(...).expand_as(x) * x``. Channel: the same on x viewed
+    (N, S, C, 1) (permuted), the gate transposed to (N, C, 1, 1).
+
+    Args:
+        channels (int): C.
+        grid_size ((int, int)): The grid (h, w).
+        widths ((int, int, int, int)): c', s' and the two W-net hidden widths (spatial,
+            channel).
+        spatial, channel (bool): The branches.
+    """
+
+    def __init__(self, channels: int, grid_size, widths, spatial: bool, channel: bool):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        s = self.grid_size[0] * self.grid_size[1]
+        c_, s_, down_s, down_c = widths
+        self.use_spatial, self.use_channel = spatial, channel
+        if spatial:
+            self.gx_spatial = _rga_embedding(channels, c_)
+            self.gg_spatial = _rga_embedding(2 * s, s_)
+            self.W_spatial = _rga_weight_net(1 + s_, down_s)
+            self.theta_spatial = _rga_embedding(channels, c_)
+            self.phi_spatial = _rga_embedding(channels, c_)
+        if channel:
+            self.gx_channel = _rga_embedding(s, s_)
+            self.gg_channel = _rga_embedding(2 * channels, c_)
+            self.W_channel = _rga_weight_net(1 + c_, down_c)
+            self.theta_channel = _rga_embedding(s, s_)
+            self.phi_channel = _rga_embedding(s, s_)
+
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) == self.grid_size:
+            return x
+        return F.adaptive_avg_pool2d(x, self.grid_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_spatial:
+            g = self._grid(x)
+            b, c, h, w = g.shape
+            theta = self.theta_spatial(g).view(b, -1, h * w).permute(0, 2, 1)
+            phi = self.phi_spatial(g).view(b, -1, h * w)
+            gs = torch.matmul(theta, phi)
+            joint = torch.cat((gs.permute(0, 2, 1).reshape(b, h * w, h, w),
+                               gs.view(b, h * w, h, w)), 1)
+            ys = torch.cat((self.gx_spatial(g).mean(1, keepdim=True), self.gg_spatial(joint)),
+                           1)
+            gate = torch.sigmoid(self.W_spatial(ys))
+            if gate.shape[2:] != x.shape[2:]:
+                gate = F.interpolate(gate, size=x.shape[2:], mode='bilinear',
+                                     align_corners=False)
+            x = gate.expand_as(x) * x
+        if self.use_channel:
+            g = self._grid(x)
+            b, c, h, w = g.shape
+            xc = g.reshape(b, c, -1).permute(0, 2, 1).unsqueeze(-1)
+            theta = self.theta_channel(xc).squeeze(-1).permute(0, 2, 1)
+            phi = self.phi_channel(xc).squeeze(-1)
+            gc = torch.matmul(theta, phi)
+            joint = torch.cat((gc.permute(0, 2, 1).unsqueeze(-1), gc.unsqueeze(-1)), 1)
+            yc = torch.cat((self.gx_channel(xc).mean(1, keepdim=True), self.gg_channel(joint)),
+                           1)
+            x = torch.sigmoid(self.W_channel(yc).transpose(1, 2)) * x
+        return x
+
+
+def _rga(ours):
+    widths = (ours.inter_channel, ours.inter_spatial,
+              ours.W_spatial[0].out_channels if ours.use_spatial else 1,
+              ours.W_channel[0].out_channels if ours.use_channel else 1)
+    return RGAReference(ours.in_channels, ours.grid_size, widths, ours.use_spatial,
+                        ours.use_channel)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -939,6 +1033,12 @@ REFERENCES: List[Peer] = [
               'over the batch axis replaced by the paper\'s (B over positions, V over the c_n '
               'channels, per sample) and x added. The copy has three convs A, B, V, ours one '
               'conv of c_m + 2 c_n outputs (weights split).'),
+    reference('RGA', 'microsoft/Relation-Aware-Global-Attention-Networks rga_modules.py', _rga,
+              lambda ours: dict(ours.state_dict()),
+              differences='None on the grid size (the same layers and ops; the official code '
+              'runs at its construction size only). On other sizes the reference pools with '
+              'adaptive_avg_pool2d, ours with two averaging matrices (the same values up to '
+              'rounding), and both resize the spatial gate bilinearly.'),
 ]
 
 

@@ -33,6 +33,9 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('FCA', dict(grid_size=8), (8, 8)),  # on the grid: no pooling
     ('FCA', dict(freq_sel='low4', grid_size=(14, 7), reduction=4), (5, 9)),
     ('DoubleAttention', dict(reduction=2, num_descriptors=3), (5, 7)),
+    ('RGA', dict(grid_size=(8, 7)), (8, 7)),  # on the grid: the official computation
+    ('RGA', dict(use_channel=False, grid_size=4), (6, 9)),
+    ('RGA', dict(use_spatial=False, grid_size=(4, 5), reduction=4), (4, 5)),
 ]
 
 

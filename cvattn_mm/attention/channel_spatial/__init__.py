@@ -4,10 +4,11 @@ from .cbam import CBAM
 from .coord_attention import CoordAttention
 from .dual_attention import DualAttention
 from .gam import GAM
+from .rga import RGA
 from .scsa import SCSA
 from .scse import SCSE
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'SCSA', 'SCSE', 'SimAM',
-           'TripletAttention']
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'RGA', 'SCSA', 'SCSE',
+           'SimAM', 'TripletAttention']
