@@ -13,8 +13,9 @@ Every such module here follows one policy, chosen by its ``size_policy`` argumen
   other size raises a ``ValueError`` naming the expected and the given size.
 
 The pooling is PyTorch's adaptive average pooling (windows ``floor(i H / g)`` to
-``ceil((i + 1) H / g)``), written as two small averaging matrices so that it also exports to
-ONNX when the grid does not divide the map (``F.adaptive_avg_pool2d`` does not).
+``ceil((i + 1) H / g)``); under ``torch.jit.trace`` (and so ONNX export) it is written as two
+small averaging matrices, the same values, because the exporter refuses
+``F.adaptive_avg_pool2d`` when the grid does not divide the map.
 """
 from numbers import Integral
 from typing import Sequence, Tuple, Union
@@ -65,6 +66,8 @@ def fit_to_grid(x: torch.Tensor, grid_size: Tuple[int, int], size_policy: str,
         raise ValueError(f"{owner} with size_policy='strict' was built for "
                          f'{grid_size[0]}x{grid_size[1]} maps (grid_size={tuple(grid_size)}) '
                          f"but got {h}x{w}; size_policy='pool' pools other sizes to the grid")
+    if not torch.jit.is_tracing():
+        return F.adaptive_avg_pool2d(x, grid_size)
     pool_h = adaptive_pool_matrix(h, grid_size[0], x.dtype, x.device)
     pool_w = adaptive_pool_matrix(w, grid_size[1], x.dtype, x.device)
     return torch.einsum('gh,nchw,kw->ncgk', pool_h, x, pool_w)

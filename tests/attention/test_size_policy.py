@@ -20,6 +20,15 @@ def test_pooling_is_adaptive_average_pooling(size, grid):
                                rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize('size,grid', [((7, 9), (7, 7)), ((13, 17), (7, 5)), ((1, 1), (7, 7)),
+                                       ((3, 2), (7, 7))])
+def test_traced_pooling_is_the_matrix_form_with_the_same_values(size, grid):
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    traced = torch.jit.trace(lambda t: fit_to_grid(t, grid, 'pool', 'M'), x)
+    assert 'adaptive_avg_pool2d' not in str(traced.graph)
+    torch.testing.assert_close(traced(x), F.adaptive_avg_pool2d(x, grid), rtol=0, atol=1e-14)
+
+
 def test_pool_matrix_rows_are_the_windows():
     # 5 values to 3: windows [0, 2), [1, 4), [3, 5) (floor(i n / g) to ceil((i + 1) n / g))
     expected = torch.tensor([[1 / 2, 1 / 2, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0],
