@@ -26,6 +26,7 @@ PAPER_POSITIONS = {
     'between_stages': 'at the end of every stage but the last',
     'late_stages': 'in the last stages (on the coarsest feature maps)',
     'after_every_stage': 'at the output of every stage, the last one included',
+    'backbone_input': "on the backbone's image input, before its stem (classification only)",
     'stage_last_residual_end': "as residual_end, in the last block of each stage only",
     'before_every_conv': ('at the input of every conv of the backbone: the stem conv(s), '
                           "each block's convs and the downsample shortcut's conv"),
@@ -62,6 +63,9 @@ class AttentionModule(BaseModule):
     paper: ClassVar[str]
     paper_position: ClassVar[str]
     _abbr_: ClassVar[str]
+    #: True for modules that move features spatially (a spatial transformer's warp): boxes
+    #: and masks would need the same warp, so detectors and segmentors refuse them.
+    warps_geometry: ClassVar[bool] = False
 
     def __init__(self, in_channels: Optional[int], init_cfg=None):
         super().__init__(init_cfg=init_cfg)

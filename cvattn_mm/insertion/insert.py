@@ -37,6 +37,8 @@ from .site import (
 )
 
 INSERTION_KEYS = ('attention', 'at', 'identity_init', 'layout')
+#: Default scopes of models with spatial targets (boxes, masks, keypoints).
+DENSE_TASK_SCOPES = ('mmdet', 'mmseg', 'mmyolo', 'mmrotate', 'mmpose')
 
 
 def site_key(path: str) -> str:
@@ -123,6 +125,13 @@ def _plan(model: nn.Module, insertion: dict) -> dict:
     if not (isinstance(cls, type) and issubclass(cls, AttentionModule)):
         raise ValueError(f"insertion attention type {attention['type']!r} is not an "
                          'attention module of cvattn_mm')
+    scope = DefaultScope.get_current_instance()
+    if cls.warps_geometry and scope is not None and scope.scope_name in DENSE_TASK_SCOPES:
+        raise ValueError(
+            f"{attention['type']} warps the features spatially, which a "
+            f'{scope.scope_name} model cannot take: its boxes or masks would need the same '
+            'warp. Use it in classifiers; for learned spatial sampling in detectors and '
+            "segmentors use DeformableAttention2D or mmcv's deformable convolutions (DCN)")
     layout = insertion.get('layout')
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f'insertion layout must be one of {tuple(LAYOUTS)}, got {layout!r}')

@@ -95,6 +95,8 @@ def resnet_places(model: nn.Module, position: str) -> Optional[List[str]]:
     bottleneck = hasattr(blocks[0][1], 'conv3')
     if position == 'before_every_conv':
         return [f'{p}:input' for p in _resnet_convs(model, blocks, bottleneck)]
+    if position == 'backbone_input':
+        return [f'{_resnet_convs(model, [], bottleneck)[0]}:input']
     if position == 'stage_last_residual_end':
         position = 'residual_end'
         blocks = [(f'{stage}.{len(getattr(model, stage)) - 1}', getattr(model, stage)[-1])

@@ -384,3 +384,21 @@ def test_after_every_stage_is_between_stages_plus_the_last():
         assert every[:-1] == between and every[-1] not in between, type(model).__name__
     assert resnet_places(cases[0][1], 'after_every_stage') == ['layer1', 'layer2', 'layer3',
                                                                'layer4']
+
+
+def test_backbone_input_and_geometry_warping_modules(monkeypatch):
+    """STN's position is the image input, in classifiers only: a detector's or segmentor's
+    boxes and masks would need the same warp."""
+    from cvattn_mm.attention.channel.se import SE
+    from cvattn_mm.insertion.presets import resnet_places
+    assert resnet_places(build(R18, 'mmpretrain'), 'backbone_input') == ['conv1:input']
+    assert resnet_places(build(dict(type='ResNetV1d', depth=50), 'mmpretrain'),
+                         'backbone_input') == ['stem.0.conv:input']
+    monkeypatch.setattr(SE, 'warps_geometry', True)
+    se = dict(type='SE', reduction=1)
+    model = with_attention(R18, 'mmpretrain', dict(attention=se, at=['conv1:input']))
+    assert model.attention_sites['conv1:input'].channels == 3
+    for scope in ('mmdet', 'mmseg'):
+        with pytest.raises(ValueError, match=f'SE warps the features spatially, which a {scope} '
+                           'model cannot take.*DeformableAttention2D'):
+            with_attention(R18, scope, dict(attention=se, at=['conv1:input']))
