@@ -21,6 +21,7 @@ from mmengine.runner import load_checkpoint
 
 import cvattn_mm  # noqa: F401  (registers the modules)
 from cvattn_mm.analysis.runs import format_table, set_data_root, train_and_evaluate
+from cvattn_mm.analysis.schedule import set_schedule_length
 from cvattn_mm.config import build_model, load_config
 from cvattn_mm.datasets import ensure_quickstart_data
 from cvattn_mm.quiet import silence_upstream_noise
@@ -52,6 +53,9 @@ def parse_args(argv=None):
                         help='validation images whose attention maps are drawn')
     parser.add_argument('--num-train', type=int, help='training images (default: per task)')
     parser.add_argument('--num-val', type=int, help='validation images (default: per task)')
+    parser.add_argument('--train-length', type=int, metavar='N',
+                        help='train every run for N epochs (iterations for iteration-based '
+                        'configs): loop, learning-rate schedule and intervals together')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of every config, key=value')
     return parser.parse_args(argv)
@@ -69,7 +73,10 @@ def run_task(task: str, args) -> str:
           f'images of {data["image_size"]}x{data["image_size"]}, {state})', flush=True)
     results = []
     for config, name in zip((baseline, attention), names):
-        cfg = load_config(osp.join(CONFIGS, config), args.cfg_options)
+        cfg = load_config(osp.join(CONFIGS, config))
+        if args.train_length is not None:
+            set_schedule_length(cfg, args.train_length)
+        cfg.merge_from_dict(args.cfg_options or {})
         set_data_root(cfg, data_root)
         work_dir = osp.join(args.work_dir, task, osp.splitext(config)[0])
         result = train_and_evaluate(cfg, work_dir, name)

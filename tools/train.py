@@ -25,6 +25,7 @@ from mmengine.runner import Runner
 from torch.nn.parallel import DistributedDataParallel
 
 import cvattn_mm  # noqa: F401  (registers the modules; lets torch load mmengine checkpoints)
+from cvattn_mm.analysis.schedule import set_schedule_length
 from cvattn_mm.config import build_model
 from cvattn_mm.insertion.plugin_checks import check_plugins
 from cvattn_mm.quiet import silence_upstream_noise
@@ -60,6 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--amp',
         action='store_true',
         help='automatic mixed precision (float16 with loss scaling on GPU, bfloat16 on CPU)')
+    parser.add_argument(
+        '--train-length',
+        type=int,
+        metavar='N',
+        help='train for N epochs (epoch-based configs) or N iterations (iteration-based): '
+        'the loop, the learning-rate schedule and the validation and checkpoint intervals '
+        'together (cvattn_mm/analysis/schedule.py); applied before --cfg-options')
     add_common_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -92,6 +100,8 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+    if getattr(args, 'train_length', None) is not None:
+        set_schedule_length(cfg, args.train_length)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     return cfg

@@ -54,8 +54,10 @@ def test_compare_trains_a_baseline_and_each_module_with_one_seed(tmp_path, capsy
     compare = load_tool('analysis/compare')
     generate_dataset('classification', str(tmp_path / 'data'), num_train=8, num_val=4,
                      image_size=32, seed=0)
+    tiny = [option for option in TINY if option != 'train_cfg.max_epochs=1']
     assert compare.main(['--modules', 'SE', 'ECA', '--data-root', str(tmp_path / 'data'),
-                         '--work-dir', str(tmp_path / 'work'), '--seed', '3', *TINY]) == 0
+                         '--work-dir', str(tmp_path / 'work'), '--seed', '3',
+                         '--train-length', '2', *tiny]) == 0
     rows = table_rows(capsys.readouterr().out)
     assert list(rows) == ['cls_resnet18', 'cls_resnet18 + SE', 'cls_resnet18 + ECA']
     results = json.loads((tmp_path / 'work' / 'compare.json').read_text())
@@ -64,9 +66,35 @@ def test_compare_trains_a_baseline_and_each_module_with_one_seed(tmp_path, capsy
     assert results[1]['params'] - results[1]['attention_params'] == results[0]['params']
     with open(tmp_path / 'work' / 'compare.png', 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-    assert Config.fromfile(tmp_path / 'work' / 'SE' / 'cls_resnet18.py').randomness.seed == 3
+    saved = Config.fromfile(tmp_path / 'work' / 'SE' / 'cls_resnet18.py')
+    assert saved.randomness.seed == 3
+    # --train-length moved the loop and the cosine together
+    assert saved.train_cfg.max_epochs == 2 and saved.param_scheduler[1]['end'] == 2
 
 
 def test_compare_rejects_unknown_modules():
     with pytest.raises(SystemExit):
         load_tool('analysis/compare').parse_args(['--modules', 'SEE'])
+
+
+def test_runs_time_the_training_loop_and_release_loader_workers():
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from cvattn_mm.analysis.runs import TrainTimer, release_workers
+    loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2, num_workers=1,
+                                         persistent_workers=True)
+    list(loader)
+    workers = list(loader._iterator._workers)
+    assert workers and all(w.is_alive() for w in workers)
+    runner = SimpleNamespace(_train_loop=SimpleNamespace(dataloader=loader), _val_loop=None,
+                             _test_loop=dict(type='TestLoop'))
+    release_workers(runner)
+    assert loader._iterator is None and not any(w.is_alive() for w in workers)
+    timer = TrainTimer()
+    timer.before_train(runner)
+    time.sleep(0.01)
+    timer.after_train(runner)
+    assert timer.seconds >= 0.01

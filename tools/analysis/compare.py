@@ -1,7 +1,8 @@
 """Train a baseline and several attention modules on one config and seed; table and plot.
 
     python tools/analysis/compare.py [CONFIG] [--modules SE ECA CBAM SimAM] [--seed 0]
-        [--data-root DIR] [--work-dir work_dirs/compare] [--cfg-options k=v ...]
+        [--data-root DIR] [--work-dir work_dirs/compare] [--train-length N]
+        [--cfg-options k=v ...]
 
 CONFIG (default: the classification quickstart, configs/quickstart/cls_resnet18.py) must wrap
 its backbone in InsertAttention; each module goes to its paper's position. A quickstart
@@ -18,6 +19,7 @@ from mmengine.config import DictAction
 import cvattn_mm  # noqa: F401  (registers the modules)
 from cvattn_mm.analysis.compare import compare_modules, write_comparison
 from cvattn_mm.analysis.runs import format_table, set_data_root
+from cvattn_mm.analysis.schedule import set_schedule_length
 from cvattn_mm.attention.catalog import attention_classes
 from cvattn_mm.config import load_config
 from cvattn_mm.datasets import SCOPE_TASKS, ensure_quickstart_data
@@ -36,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0, help='seed of every run')
     parser.add_argument('--data-root', help="the data set's folder (default: the config's)")
     parser.add_argument('--work-dir', default='work_dirs/compare')
+    parser.add_argument('--train-length', type=int, metavar='N',
+                        help='train every run for N epochs (iterations for iteration-based '
+                        'configs): loop, learning-rate schedule and intervals together')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings of every run, key=value')
     args = parser.parse_args(argv)
@@ -49,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     silence_upstream_noise()
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config)
+    if args.train_length is not None:
+        set_schedule_length(cfg, args.train_length)
+    cfg.merge_from_dict(args.cfg_options or {})
     if args.data_root:
         set_data_root(cfg, osp.abspath(args.data_root))
     quickstart = osp.dirname(osp.abspath(args.config)) == osp.dirname(DEFAULT_CONFIG)
