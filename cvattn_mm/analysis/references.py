@@ -955,6 +955,81 @@ def _rga(ours):
                         ours.use_channel)
 
 
+# --- PolarizedSelfAttention -----------------------------------------------------------
+
+
+class PolarizedSelfAttentionReference(nn.Module):
+    """Polarized self-attention as in the official ``DeLightCMU/PSA``,
+    ``semantic-segmentation/network/PSA.py`` (``PSA_s`` and ``PSA_p`` at 20e307a).
+
+    Channel-only: bias-free 1x1 convs on the full map, ``conv_v_right(x)`` (d) times
+    ``softmax_S(conv_q_right(x))``, ``conv_up`` (``PSA_s``: d -> d / 4 with bias,
+    ``LayerNorm([d / 4, 1, 1])``, ReLU, -> C with bias; ``PSA_p``: d -> C bias-free),
+    sigmoid, times x. Spatial-only: ``conv_q_left(x)`` average-pooled (d), times
+    ``conv_v_left(x)`` (``PSA_s``: softmaxed over S per channel), (``PSA_p``: softmax over
+    S), sigmoid, times x. ``PSA_s`` runs the channel then the spatial branch; ``PSA_p`` adds
+    the two branches.
+
+    Args:
+        channels (int): C.
+        inter (int): d.
+        bottleneck (int): d / 4 (``PSA_s``).
+        parallel (bool): ``PSA_p`` rather than ``PSA_s``.
+    """
+
+    def __init__(self, channels: int, inter: int, bottleneck: int, parallel: bool):
+        super().__init__()
+        self.inter, self.parallel = inter, parallel
+        self.conv_q_right = nn.Conv2d(channels, 1, 1, bias=False)
+        self.conv_v_right = nn.Conv2d(channels, inter, 1, bias=False)
+        if parallel:
+            self.conv_up = nn.Conv2d(inter, channels, 1, bias=False)
+        else:
+            self.conv_up = nn.Sequential(nn.Conv2d(inter, bottleneck, 1),
+                                         nn.LayerNorm([bottleneck, 1, 1]), nn.ReLU(inplace=True),
+                                         nn.Conv2d(bottleneck, channels, 1))
+        self.conv_q_left = nn.Conv2d(channels, inter, 1, bias=False)
+        self.conv_v_left = nn.Conv2d(channels, inter, 1, bias=False)
+
+    def channel_only(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.conv_v_right(x)
+        n, d, h, w = v.shape
+        q = torch.softmax(self.conv_q_right(x).view(n, 1, h * w), 2)
+        context = torch.matmul(v.view(n, d, h * w), q.transpose(1, 2)).unsqueeze(-1)
+        return x * torch.sigmoid(self.conv_up(context))
+
+    def spatial_only(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.conv_q_left(x)
+        n, d, h, w = g.shape
+        q = F.adaptive_avg_pool2d(g, 1).view(n, d, 1).permute(0, 2, 1)
+        v = self.conv_v_left(x).view(n, d, h * w)
+        if self.parallel:
+            context = torch.softmax(torch.matmul(q, v), 2)
+        else:
+            context = torch.matmul(q, torch.softmax(v, 2))
+        return x * torch.sigmoid(context.view(n, 1, h, w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.parallel:
+            return self.channel_only(x) + self.spatial_only(x)
+        return self.spatial_only(self.channel_only(x))
+
+
+def _psa(ours):
+    _require(ours.form == 'official', ours, "form='official'")
+    parallel = ours.mode == 'parallel'
+    bottleneck = 1 if parallel else ours.conv_up[0].out_channels
+    return PolarizedSelfAttentionReference(ours.in_channels, ours.channels, bottleneck, parallel)
+
+
+def _psa_state(ours):
+    state = dict(ours.state_dict())
+    for name in ('weight', 'bias'):
+        if f'conv_up.1.norm.{name}' in state:
+            state[f'conv_up.1.{name}'] = state.pop(f'conv_up.1.norm.{name}')[:, None, None]
+    return state
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1039,6 +1114,13 @@ REFERENCES: List[Peer] = [
               'runs at its construction size only). On other sizes the reference pools with '
               'adaptive_avg_pool2d, ours with two averaging matrices (the same values up to '
               'rounding), and both resize the spatial gate bilinearly.'),
+    reference('PolarizedSelfAttention', 'DeLightCMU/PSA semantic-segmentation/network/PSA.py',
+              _psa, _psa_state, ours_cfg=lambda c: dict(form='official'),
+              differences="The pair builds ours with form='official' (PSA_s; mode='parallel' "
+              "gives PSA_p); ours defaults to the paper form. The official code runs "
+              'conv_q_left and conv_v_right on the full map and pools after, ours pools first '
+              '(the same function for bias-free 1x1 convs). The LayerNorm weights are reshaped '
+              '((e, 1, 1) official, (e,) ours).'),
 ]
 
 

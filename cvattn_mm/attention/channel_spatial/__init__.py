@@ -4,11 +4,12 @@ from .cbam import CBAM
 from .coord_attention import CoordAttention
 from .dual_attention import DualAttention
 from .gam import GAM
+from .polarized_self_attention import PolarizedSelfAttention
 from .rga import RGA
 from .scsa import SCSA
 from .scse import SCSE
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'RGA', 'SCSA', 'SCSE',
-           'SimAM', 'TripletAttention']
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'PolarizedSelfAttention',
+           'RGA', 'SCSA', 'SCSE', 'SimAM', 'TripletAttention']
