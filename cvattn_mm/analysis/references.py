@@ -1030,6 +1030,55 @@ def _psa_state(ours):
     return state
 
 
+# --- SpatialTransformer ----------------------------------------------------------------
+
+
+class SpatialTransformerReference(nn.Module):
+    """A spatial transformer laid out as the popular PyTorch tutorial
+    (``pytorch/tutorials``, ``intermediate_source/spatial_transformer_tutorial.py``; no
+    official code is known): a ``localization`` Sequential, an ``fc_loc`` Sequential whose
+    output is viewed as theta (N, 2, 3), then ``F.affine_grid`` and ``F.grid_sample``, here
+    with ``align_corners=False`` passed explicitly (the tutorial relies on the default). The
+    localisation layers are the library's default net (conv k7 s2, BN, max-pool 2 (ceil
+    mode), ReLU, conv k5 s2, BN, ReLU, global average pool, FC, ReLU, FC); the tutorial's
+    flattens a fixed 10x3x3 MNIST map.
+    """
+
+    def __init__(self, channels: int, c1: int, c2: int, hidden: int, norm1: nn.Module,
+                 norm2: nn.Module, padding_mode: str):
+        super().__init__()
+        self.padding_mode = padding_mode
+        self.localization = nn.Sequential(
+            nn.Conv2d(channels, c1, 7, stride=2, padding=3, bias=False),
+            _batch_norm(nn.BatchNorm2d, norm1, c1), nn.MaxPool2d(2, 2, ceil_mode=True),
+            nn.ReLU(True), nn.Conv2d(c1, c2, 5, stride=2, padding=2, bias=False),
+            _batch_norm(nn.BatchNorm2d, norm2, c2), nn.ReLU(True), nn.AdaptiveAvgPool2d(1))
+        self.fc_loc = nn.Sequential(nn.Linear(c2, hidden), nn.ReLU(True), nn.Linear(hidden, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = self.localization(x).flatten(1)
+        theta = self.fc_loc(xs).view(-1, 2, 3)
+        grid = F.affine_grid(theta, x.size(), align_corners=False)
+        return F.grid_sample(x, grid, padding_mode=self.padding_mode, align_corners=False)
+
+
+def _spatial_transformer(ours):
+    _require(ours.transform == 'affine' and _is_bn(ours.norm1) and _is_bn(ours.norm2), ours,
+             "transform='affine' (the tutorial's) and BN norms")
+    return SpatialTransformerReference(ours.in_channels, *ours.loc_channels, ours.fc_channels,
+                                       ours.norm1, ours.norm2, ours.padding_mode)
+
+
+def _spatial_transformer_state(ours):
+    state = dict(ours.state_dict())
+    out = {}
+    for ours_name, name in (('conv1', 'localization.0'), ('norm1', 'localization.1'),
+                            ('conv2', 'localization.4'), ('norm2', 'localization.5'),
+                            ('fc1', 'fc_loc.0'), ('fc2', 'fc_loc.2')):
+        out.update(_prefixed(state, ours_name + '.', name + '.'))
+    return out
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1121,6 +1170,13 @@ REFERENCES: List[Peer] = [
               'conv_q_left and conv_v_right on the full map and pools after, ours pools first '
               '(the same function for bias-free 1x1 convs). The LayerNorm weights are reshaped '
               '((e, 1, 1) official, (e,) ours).'),
+    reference('SpatialTransformer', 'pytorch/tutorials '
+              'intermediate_source/spatial_transformer_tutorial.py', _spatial_transformer,
+              _spatial_transformer_state,
+              differences="No official code: the popular tutorial's layout (Sequentials, "
+              "theta viewed as (N, 2, 3), affine_grid and grid_sample) with our localisation "
+              "net; the same ops as our default ('affine'). Ours also has the 'attention' "
+              "and 'translation' families (refused here)."),
 ]
 
 

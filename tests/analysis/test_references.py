@@ -38,6 +38,9 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('RGA', dict(use_spatial=False, grid_size=(4, 5), reduction=4), (4, 5)),
     ('PolarizedSelfAttention', dict(mode='parallel'), (5, 7)),
     ('PolarizedSelfAttention', dict(bottleneck_ratio=2), (1, 1)),
+    ('SpatialTransformer', dict(padding_mode='border', loc_channels=(8, 4), fc_channels=6),
+     (5, 7)),
+    ('SpatialTransformer', dict(), (1, 1)),
 ]
 
 
@@ -110,6 +113,7 @@ def test_every_module_has_a_peer_or_a_reference():
     ('SCSA', dict(down_sample_mode='recombination'), 'undefined method'),
     ('SRM', dict(variance='biased'), "variance='unbiased'"),
     ('GSoP', dict(mode='position'), "mode='channel'"),
+    ('SpatialTransformer', dict(transform='attention'), "transform='affine'"),
 ])
 def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     with pytest.raises(ValueError, match=match):
