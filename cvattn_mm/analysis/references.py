@@ -1079,6 +1079,48 @@ def _spatial_transformer_state(ours):
     return out
 
 
+# --- ShuffleAttention -----------------------------------------------------------------
+
+
+class ShuffleAttentionReference(nn.Module):
+    """Shuffle attention as in the official ``wofmanaf/SA-Net``, ``models/sa_resnet.py``
+    (``sa_layer`` at 00a6760): x reshaped to (N G, C/G, H, W) and chunked into two halves;
+    the first times ``sigmoid(cweight * avg_pool(x0) + cbias)``, the second times
+    ``sigmoid(sweight * GroupNorm(x1) + sbias)`` (C/2G groups of one channel); concatenated,
+    reshaped to (N, C, H, W) and channel-shuffled with 2 groups (reshape (N, 2, C/2, H, W),
+    permute, reshape).
+
+    Args:
+        channels (int): C.
+        groups (int): G.
+        eps (float): The group norm's epsilon.
+    """
+
+    def __init__(self, channels: int, groups: int, eps: float = 1e-5):
+        super().__init__()
+        k = channels // (2 * groups)
+        self.groups = groups
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.cweight = nn.Parameter(torch.zeros(1, k, 1, 1))
+        self.cbias = nn.Parameter(torch.ones(1, k, 1, 1))
+        self.sweight = nn.Parameter(torch.zeros(1, k, 1, 1))
+        self.sbias = nn.Parameter(torch.ones(1, k, 1, 1))
+        self.gn = nn.GroupNorm(k, k, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x0, x1 = x.reshape(b * self.groups, -1, h, w).chunk(2, dim=1)
+        xn = x0 * torch.sigmoid(self.cweight * self.avg_pool(x0) + self.cbias)
+        xs = x1 * torch.sigmoid(self.sweight * self.gn(x1) + self.sbias)
+        out = torch.cat([xn, xs], dim=1).reshape(b, -1, h, w)
+        out = out.reshape(b, 2, -1, h, w).permute(0, 2, 1, 3, 4)
+        return out.reshape(b, -1, h, w)
+
+
+def _shuffle_attention(ours):
+    return ShuffleAttentionReference(ours.in_channels, ours.num_groups, ours.gn.eps)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1177,6 +1219,11 @@ REFERENCES: List[Peer] = [
               "theta viewed as (N, 2, 3), affine_grid and grid_sample) with our localisation "
               "net; the same ops as our default ('affine'). Ours also has the 'attention' "
               "and 'translation' families (refused here)."),
+    reference('ShuffleAttention', 'wofmanaf/SA-Net models/sa_resnet.py', _shuffle_attention,
+              lambda ours: dict(ours.state_dict()),
+              differences='None for C >= 2G (the same parameters, keys and ops; ours pools '
+              'with mean and shuffles with a transpose). For C < 2G the official code fails; '
+              'the reference is built with our reduced group count C // 2.'),
 ]
 
 

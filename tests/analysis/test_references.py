@@ -24,6 +24,8 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('ExternalAttention', dict(memory_size=16), (5, 7)),
     ('MultiHeadExternalAttention', dict(num_heads=2, coef=2, memory_size=8), (5, 7)),
     ('PooledSelfAttention', dict(ds=1), (5, 7)),
+    ('ShuffleAttention', dict(groups=4), (5, 7)),
+    ('ShuffleAttention', dict(groups=2), (1, 1)),
     ('PooledSelfAttention', dict(ds=3, reduction=4), (9, 14)),
     ('PooledSelfAttention', dict(), (16, 24)),  # the sizes the official code runs
     ('SRM', dict(), (1, 5)),

@@ -8,8 +8,9 @@ from .polarized_self_attention import PolarizedSelfAttention
 from .rga import RGA
 from .scsa import SCSA
 from .scse import SCSE
+from .shuffle_attention import ShuffleAttention
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'PolarizedSelfAttention',
-           'RGA', 'SCSA', 'SCSE', 'SimAM', 'TripletAttention']
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'PolarizedSelfAttention', 'RGA',
+           'SCSA', 'SCSE', 'ShuffleAttention', 'SimAM', 'TripletAttention']
