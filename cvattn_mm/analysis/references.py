@@ -1121,6 +1121,45 @@ def _shuffle_attention(ours):
     return ShuffleAttentionReference(ours.in_channels, ours.num_groups, ours.gn.eps)
 
 
+# --- SGE -------------------------------------------------------------------------------
+
+
+class SGEReference(nn.Module):
+    """SGE as in the official ``implus/PytorchInsight``,
+    ``classification/models/imagenet/resnet_sge.py`` (``SpatialGroupEnhance`` at 2864528).
+
+    x viewed as (N G, C / G, H, W); times its adaptive average pool, summed over the channels;
+    flattened to (N G, H W), centred, divided by the unbiased ``std`` plus eps; viewed as
+    (N, G, H, W), times ``weight`` plus ``bias`` (1, G, 1, 1); sigmoid; times the view of x.
+
+    Args:
+        groups (int): G.
+        eps (float): Added to the standard deviation.
+    """
+
+    def __init__(self, groups: int, eps: float = 1e-5):
+        super().__init__()
+        self.groups = groups
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(1, groups, 1, 1))
+        self.bias = nn.Parameter(torch.ones(1, groups, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        xg = x.view(n * self.groups, -1, h, w)
+        sim = (xg * F.adaptive_avg_pool2d(xg, 1)).sum(dim=1, keepdim=True)
+        t = sim.view(n * self.groups, -1)
+        t = t - t.mean(dim=1, keepdim=True)
+        t = t / (t.std(dim=1, keepdim=True) + self.eps)
+        t = t.view(n, self.groups, h, w) * self.weight + self.bias
+        return (xg * torch.sigmoid(t.view(n * self.groups, 1, h, w))).view(n, c, h, w)
+
+
+def _sge(ours):
+    _require(ours.std in ('unbiased', 'unbiased_nan'), ours, "an unbiased std")
+    return SGEReference(ours.groups, ours.eps)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1224,6 +1263,11 @@ REFERENCES: List[Peer] = [
               differences='None for C >= 2G (the same parameters, keys and ops; ours pools '
               'with mean and shuffles with a transpose). For C < 2G the official code fails; '
               'the reference is built with our reduced group count C // 2.'),
+    reference('SGE', 'implus/PytorchInsight classification/models/imagenet/resnet_sge.py',
+              _sge, lambda ours: dict(ours.state_dict()),
+              differences='None with our defaults (groups dividing C). On a 1x1 map the '
+              'official code gives NaN, ours x * sigmoid(bias).',
+              incomparable=_one_position),
 ]
 
 

@@ -7,8 +7,9 @@ from .multi_head_external_attention import MultiHeadExternalAttention
 from .non_local import NonLocalBlock
 from .pooled_self_attention import PooledSelfAttention
 from .rcca import RCCA
+from .sge import SGE
 from .spatial_transformer import SpatialTransformer
 
 __all__ = ['DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention',
            'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention', 'RCCA',
-           'SpatialTransformer']
+           'SGE', 'SpatialTransformer']
