@@ -4,6 +4,7 @@ from .cbam import CBAM
 from .coord_attention import CoordAttention
 from .dual_attention import DualAttention
 from .gam import GAM
+from .mlca import MLCA
 from .polarized_self_attention import PolarizedSelfAttention
 from .rga import RGA
 from .scsa import SCSA
@@ -12,5 +13,6 @@ from .shuffle_attention import ShuffleAttention
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'PolarizedSelfAttention', 'RGA',
-           'SCSA', 'SCSE', 'ShuffleAttention', 'SimAM', 'TripletAttention']
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'GAM', 'MLCA',
+           'PolarizedSelfAttention', 'RGA', 'SCSA', 'SCSE', 'ShuffleAttention', 'SimAM',
+           'TripletAttention']
