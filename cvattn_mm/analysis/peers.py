@@ -7,7 +7,8 @@ function (its hyper-parameters chosen to match), and maps our state dict onto th
 side by side.
 
 Peers: timm (``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``,
-``SelectiveKernel``, ``NonLocalAttn``, ``CoordAttn``, ``GatherExcite``), mmcv
+``SelectiveKernel``, ``NonLocalAttn``, ``CoordAttn``, ``GatherExcite``,
+``EfficientLocalAttn``), mmcv
 (``ContextBlock``, ``NonLocal2d``), mmseg (``PAM``, ``CAM`` of ``da_head``: DualAttention's
 branches alone) and lucidrains' ``deformable-attention`` (``DeformableAttention2D``).
 mmcv's ``CrissCrossAttention`` is RCCA's (one pass).
@@ -15,6 +16,7 @@ Modules without a package peer have a reference instead (:mod:`.references`, a P
 package is torch); :func:`.references.peers_of` lists both.
 """
 import contextlib
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -227,6 +229,26 @@ def _timm_gather_excite(ours):
                          f"it asserts an even extent), got variant={ours.variant!r}, "
                          f'extent={ours.extent}')
     return GatherExcite(ours.in_channels, extent=ours.extent, use_mlp=False)
+
+
+def _timm_ela(ours):
+    from timm.layers.coord_attn import EfficientLocalAttn
+    if ours.group_width != 1 or not isinstance(ours.gn, nn.GroupNorm):
+        raise ValueError("timm's EfficientLocalAttn has depthwise convolutions and is paired "
+                         'with a GroupNorm: the pair needs group_width=1 and a GN norm_cfg, '
+                         f'got group_width={ours.group_width}, {type(ours.gn).__name__}')
+    norm = functools.partial(nn.GroupNorm, ours.gn.num_groups, eps=ours.gn.eps)
+    return EfficientLocalAttn(ours.in_channels, kernel_size=ours.kernel_size,
+                              act_layer=type(ours.act), gate_layer=type(ours.gate),
+                              norm_layer=norm)
+
+
+def _timm_ela_state(ours):
+    w = ours.conv.weight  # (C, 1, k): one shared conv and norm, copied into both branches
+    state = {'conv_h.weight': w[:, :, :, None], 'conv_w.weight': w[:, :, None, :]}
+    for axis in 'hw':
+        state.update({f'norm_{axis}.{k}': v for k, v in ours.gn.state_dict().items()})
+    return state
 
 
 # --- mmcv ------------------------------------------------------------------------------
@@ -472,6 +494,12 @@ PEERS: List[Peer] = [
          'TypeError at construction in timm 1.0.31 (device and dtype passed as *dd for **dd), '
          'so the pair sets use_mlp=False; timm\'s theta-plus lacks the official ReLU after '
          "the gather's BN."),
+    Peer('ELA', 'timm EfficientLocalAttn', 'timm', _timm_ela, _timm_ela_state,
+         differences='timm has separate H and W convolutions and norms where the paper (and '
+         'ours) share one of each: the copy puts our conv and GroupNorm into both branches. '
+         "timm's defaults are a GroupNorm of one group and a SiLU before the sigmoid; the pair "
+         "takes ours (GroupNorm of 16 groups, no activation). timm's convs are depthwise "
+         '(the pair needs group_width=1: no S or L variant).'),
     Peer('DualAttention', 'mmseg PAM', 'mmseg', _mmseg_pam, _mmseg_pam_state,
          ours_cfg=lambda in_channels: dict(branches=('pam', )),
          differences="mmseg's PAM is the position branch alone (the pair sets "

@@ -38,6 +38,10 @@ VARIANTS = [
     ('mmseg EMAModule', dict(norm_cfg=None), (1, 1)),
     ('timm GatherExcite', dict(extent=8), (13, 17)),
     ('timm GatherExcite', dict(extent=2), (5, 7)),
+    ('timm EfficientLocalAttn', dict(variant='T'), (5, 7)),
+    ('timm EfficientLocalAttn', dict(kernel_size=3, act_cfg=dict(type='SiLU'),
+                                     norm_cfg=dict(type='GN', num_groups=1, eps=1e-3)), (9, 4)),
+    ('timm EfficientLocalAttn', dict(gate_cfg=dict(type='HSigmoid')), (1, 1)),
     ('deformable-attention DeformableAttention2D',
      dict(heads=4, dim_head=16, offset_groups=2, downsample_factor=2, offset_kernel_size=4,
           group_queries=True, group_key_values=True), (6, 10)),
@@ -88,7 +92,7 @@ def test_peers_cover_the_modules_with_public_implementations():
     assert {p.module for p in PEERS} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
                                          'CoordAttention', 'DeformableAttention2D',
                                          'GatherExcite', 'RCCA', 'DualAttention',
-                                         'EMAU'}
+                                         'EMAU', 'ELA'}
     assert set(p.module for p in PEERS) <= set(attention_classes())
     assert [p.name for p in peers_of('GC')] == ['timm GlobalContext', 'mmcv ContextBlock']
     assert all(p.differences for p in PEERS)
@@ -158,3 +162,9 @@ def test_mmcv_criss_cross_attention_is_one_pass():
         build_pair(peer_named('mmcv CrissCrossAttention'), C, recurrence=2)
     with pytest.raises(ValueError, match='C // 8'):
         build_pair(peer_named('mmcv CrissCrossAttention'), C, reduction=4)
+
+
+@pytest.mark.parametrize('cfg', [dict(variant='S'), dict(norm_cfg=dict(type='BN'))])
+def test_timm_efficient_local_attn_is_depthwise_with_a_group_norm(cfg):
+    with pytest.raises(ValueError, match='group_width=1 and a GN norm_cfg'):
+        build_pair(peer_named('timm EfficientLocalAttn'), C, **cfg)
