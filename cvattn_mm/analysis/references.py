@@ -588,6 +588,49 @@ def _srm(ours):
     return SRMReference(ours.in_channels, ours.bn, ours.eps)
 
 
+# --- MLCA ------------------------------------------------------------------------------
+
+
+class MLCAReference(nn.Module):
+    """MLCA as in the official ``wandahangFY/MLCA``, ``MLCA.py`` (``MLCA`` at afbeb47): an
+    adaptive average pool to the local grid, the grid's mean for the global branch, the
+    grid read position-major as one sequence for the local Conv1d (across cell
+    boundaries), both gates mixed on the grid and adaptive-average-pooled back to (H, W).
+
+    Args:
+        kernel_size (int): k of both Conv1d.
+        local_size (int): The square local grid.
+        local_weight (float): The local gate's weight.
+    """
+
+    def __init__(self, kernel_size: int, local_size: int = 5, local_weight: float = 0.5):
+        super().__init__()
+        pad = (kernel_size - 1) // 2
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=pad, bias=False)
+        self.conv_local = nn.Conv1d(1, 1, kernel_size, padding=pad, bias=False)
+        self.local_size = local_size
+        self.local_weight = local_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = self.local_size
+        local = F.adaptive_avg_pool2d(x, g)
+        glob = F.adaptive_avg_pool2d(local, 1)
+        y_local = self.conv_local(local.view(b, c, -1).transpose(-1, -2).reshape(b, 1, -1))
+        y_global = self.conv(glob.view(b, c, -1).transpose(-1, -2))
+        att_local = y_local.reshape(b, g * g, c).transpose(-1, -2).reshape(b, c, g, g).sigmoid()
+        att_global = F.adaptive_avg_pool2d(y_global.view(b, c, 1, 1).sigmoid(), [g, g])
+        att = F.adaptive_avg_pool2d(att_global * (1 - self.local_weight)
+                                    + att_local * self.local_weight, [h, w])
+        return x * att
+
+
+def _mlca(ours):
+    _require(ours.local_conv == 'sequence' and ours.local_size[0] == ours.local_size[1], ours,
+             "local_conv='sequence' and a square local_size")
+    return MLCAReference(ours.kernel_size, ours.local_size[0], ours.local_weight)
+
+
 # --- FCA -------------------------------------------------------------------------------
 
 
@@ -1212,6 +1255,9 @@ REFERENCES: List[Peer] = [
               _srm, lambda ours: dict(ours.state_dict()),
               differences='None with our defaults. On a 1x1 map the official code gives NaN.',
               incomparable=_one_position),
+    reference('MLCA', 'wandahangFY/MLCA MLCA.py', _mlca, lambda ours: dict(ours.state_dict()),
+              differences='None (the same layers and ops; under jit.trace ours writes the two '
+              'adaptive pools as averaging matrices, the same values).'),
     reference('FCA', 'cfzd/FcaNet model/layer.py', _fca, _fca_state,
               differences='The same math with our defaults (a 7x7 grid); the official code '
               'pools other sizes with adaptive_avg_pool2d and multiplies by the filters, ours '

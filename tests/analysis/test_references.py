@@ -29,6 +29,8 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('PooledSelfAttention', dict(ds=3, reduction=4), (9, 14)),
     ('PooledSelfAttention', dict(), (16, 24)),  # the sizes the official code runs
     ('SRM', dict(), (1, 5)),
+    ('MLCA', dict(), (5, 5)),  # the grid itself: both pools the identity
+    ('MLCA', dict(local_size=3, local_weight=0.3, kernel_size=5), (1, 2)),
     ('GAM', dict(reduction=2, kernel_size=3), (5, 7)),
     ('GSoP', dict(att_dim=8, reduce_stride=2), (7, 9)),
     ('GSoP', dict(att_dim=8), (1, 1)),

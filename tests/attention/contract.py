@@ -18,8 +18,9 @@ SIZES = [(8, 8), (1, 1), (7, 7), (13, 17)]
 #: Where the checks run: ``CVATTN_TEST_DEVICE`` (default cpu; tools/analysis/device_check.py
 #: sets it to run the suite on a GPU).
 DEVICE = torch.device(os.environ.get('CVATTN_TEST_DEVICE', 'cpu'))
-#: An arXiv id, or a PMLR volume for papers that are not on arXiv (SimAM, ICML 2021).
-CITATION = r'arXiv:\d{4}\.\d{4,5}|PMLR \d+'
+#: An arXiv id, or for papers that are not on arXiv a PMLR volume (SimAM, ICML 2021) or a
+#: doi: (MLCA, a journal paper).
+CITATION = r'arXiv:\d{4}\.\d{4,5}|PMLR \d+|doi:10\.\d{4,9}/\S+'
 
 
 def make_input(module, n=2, size=(8, 8), seed=0):
@@ -52,7 +53,7 @@ def check_metadata(cls):
     name = cls.__name__
     assert cls.family in FAMILIES, f'{name}.family={cls.family!r}'
     assert cls.paper_position in PAPER_POSITIONS, f'{name}.paper_position'
-    assert re.search(CITATION, cls.paper), f'{name}.paper needs an arXiv id or a PMLR volume'
+    assert re.search(CITATION, cls.paper), f'{name}.paper needs an arXiv id, PMLR volume or doi:'
     assert '_abbr_' in vars(cls), f'{name} must declare its own _abbr_'
     assert cls.__doc__ and re.search(CITATION, cls.__doc__), f'{name} docstring must cite the paper'
     params = list(inspect.signature(cls.__init__).parameters)

@@ -5,6 +5,7 @@ from .coord_attention import CoordAttention
 from .dual_attention import DualAttention
 from .ela import ELA
 from .gam import GAM
+from .mlca import MLCA
 from .polarized_self_attention import PolarizedSelfAttention
 from .rga import RGA
 from .scsa import SCSA
@@ -13,6 +14,6 @@ from .shuffle_attention import ShuffleAttention
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'ELA', 'GAM',
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'ELA', 'GAM', 'MLCA',
            'PolarizedSelfAttention', 'RGA', 'SCSA', 'SCSE', 'ShuffleAttention', 'SimAM',
            'TripletAttention']
