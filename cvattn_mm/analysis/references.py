@@ -1203,6 +1203,85 @@ def _sge(ours):
     return SGEReference(ours.groups, ours.eps)
 
 
+# --- ResidualAttentionMask --------------------------------------------------------------
+
+
+class _RANUnit(nn.Module):
+    """A pre-activation bottleneck unit of the prototxt: BN-ReLU-conv 1x1 (C -> C/4), BN-ReLU-
+    conv 3x3, BN-ReLU-conv 1x1 (-> C), plus the unit's input."""
+
+    def __init__(self, channels: int, norm: nn.Module):
+        super().__init__()
+        width = max(channels // 4, 1)
+        self.norm1 = _batch_norm(nn.BatchNorm2d, norm, channels)
+        self.conv1 = nn.Conv2d(channels, width, 1, bias=False)
+        self.norm2 = _batch_norm(nn.BatchNorm2d, norm, width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.norm3 = _batch_norm(nn.BatchNorm2d, norm, width)
+        self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(F.relu(self.norm1(x)))
+        y = self.conv2(F.relu(self.norm2(y)))
+        return x + self.conv3(F.relu(self.norm3(y)))
+
+
+class ResidualAttentionMaskReference(nn.Module):
+    """The soft mask branch of ``fwang91/residual-attention-network``'s deploy prototxts
+    (``Attention-56-deploy.prototxt`` @bc207a8; Caffe only, no Python code): with L levels,
+    max pooling 3x3 stride 2 in ceil mode then a unit at every level (two at the deepest),
+    skip units, bilinear ``Interp`` (corners aligned) to each level's size plus the skip then
+    a unit, ``Interp`` to the trunk's size, BN-ReLU-1x1, BN-ReLU-1x1, sigmoid;
+    ``(1 + M) * T`` with the mask input T (as ours without a separate mask input).
+
+    Args:
+        channels (int): C.
+        levels (int): L.
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, channels: int, levels: int, norm: nn.Module):
+        super().__init__()
+        self.down = nn.ModuleList(_RANUnit(channels, norm) for _ in range(levels))
+        self.bottom = _RANUnit(channels, norm)
+        if levels > 1:
+            self.skip = nn.ModuleList(_RANUnit(channels, norm) for _ in range(levels - 1))
+            self.up = nn.ModuleList(_RANUnit(channels, norm) for _ in range(levels - 1))
+        self.norm1 = _batch_norm(nn.BatchNorm2d, norm, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 1, bias=False)
+        self.norm2 = _batch_norm(nn.BatchNorm2d, norm, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 1, bias=False)
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, skips = x, []
+        for level in range(self.levels):
+            y = self.down[level](F.max_pool2d(y, 3, 2, 0, ceil_mode=True))
+            if level < self.levels - 1:
+                skips.append(self.skip[level](y))
+        y = self.bottom(y)
+        for level in reversed(range(self.levels - 1)):
+            y = F.interpolate(y, size=skips[level].shape[-2:], mode='bilinear',
+                              align_corners=True)
+            y = self.up[level](y + skips[level])
+        y = F.interpolate(y, size=x.shape[-2:], mode='bilinear', align_corners=True)
+        y = self.conv1(F.relu(self.norm1(y)))
+        mask = torch.sigmoid(self.conv2(F.relu(self.norm2(y))))
+        return x * mask + x
+
+
+def _residual_attention_mask(ours):
+    _require(ours.align_corners and _is_bn(ours.norm1), ours, 'align_corners=True and BN')
+    return ResidualAttentionMaskReference(ours.in_channels, ours.num_levels, ours.norm1)
+
+
+def _ran_unpooled(ours, shape):
+    if not all(ours.pooled_levels(shape[2:])):
+        return (f'a {shape[2]}x{shape[3]} map: ours does not pool every level there '
+                f'(pooled levels {ours.pooled_levels(shape[2:])}); the official graph does')
+    return None
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1314,6 +1393,17 @@ REFERENCES: List[Peer] = [
               differences='None with our defaults (groups dividing C). On a 1x1 map the '
               'official code gives NaN, ours x * sigmoid(bias).',
               incomparable=_one_position),
+    reference('ResidualAttentionMask', 'fwang91/residual-attention-network '
+              'imagenet_model/Attention-56-deploy.prototxt', _residual_attention_mask,
+              lambda ours: dict(ours.state_dict()),
+              ours_cfg=lambda c: dict(levels=2, min_size=1),
+              differences='The official code is a Caffe deploy prototxt: the reference is a '
+              'direct implementation of its mask layers (the same parameters and keys as '
+              'ours). Ours skips the resizes between equal sizes and leaves a level unpooled '
+              "whose map would fall below min_size (7 by default; the pair uses min_size=1 "
+              'and 2 levels, so that small maps pool every level as the official graph does; '
+              'shapes where ours does not pool every level are incomparable).',
+              incomparable=_ran_unpooled),
 ]
 
 

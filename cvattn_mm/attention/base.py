@@ -26,6 +26,9 @@ PAPER_POSITIONS = {
     'between_stages': 'at the end of every stage but the last',
     'late_stages': 'in the last stages (on the coarsest feature maps)',
     'after_every_stage': 'at the output of every stage, the last one included',
+    'around_stage': ("around stages 1 to 3: reads the output of the stage's first block and "
+                     "replaces the output of its last block (an 'around' site, see "
+                     'insertion/site.py)'),
     'backbone_input': "on the backbone's image input, before its stem (classification only)",
     'stage_last_residual_end': "as residual_end, in the last block of each stage only",
     'before_every_conv': ('at the input of every conv of the backbone: the stem conv(s), '

@@ -10,7 +10,10 @@ pass the hosts' outputs through them, so:
   ``out_indices``; ``frozen_stages`` does not freeze the inserted attention;
 * hooks are re-attached when a host module is replaced (e.g. SyncBN conversion);
 * a site between a conv and its BatchNorm refuses to run once the pair was fused (mmcv's
-  ``fuse_conv_bn``); ``fusion.fuse_conv_bn`` fuses every other pair.
+  ``fuse_conv_bn``); ``fusion.fuse_conv_bn`` fuses every other pair;
+* an 'around' site (``at='layer1.1~layer1.2'``) gives its modules the output of the last
+  module and the input of the first: a pre-hook on the first records it, a hook on the last
+  applies the site.
 """
 import copy
 import inspect
@@ -26,14 +29,18 @@ from ..registry import MODELS, register_model
 from .fusion import check_unfused, conv_norm_pairs
 from .places import candidate_message, resolve_places
 from .site import (
+    AROUND_SEP,
     INPUT_SUFFIX,
     LAYOUTS,
     SITES,
+    ApplyAroundSite,
     ApplySite,
     ApplySiteToInput,
     AttentionSite,
     IdentityBlend,
     RecordHWShape,
+    RecordWrappedInput,
+    host_of,
 )
 
 INSERTION_KEYS = ('attention', 'at', 'identity_init', 'layout')
@@ -67,19 +74,26 @@ def insert_attention(model: nn.Module,
         ``model``, with an ``attention_sites`` ModuleDict.
     """
     plans = [_plan(model, dict(insertion)) for insertion in _checked_list(insertions)]
+    for plan in plans:  # before the model changes
+        for path in plan['paths']:
+            if AROUND_SEP in path:
+                _check_takes_wrapped_input(MODELS.get(plan['attention']['type']), path)
     sites = _sites_of(model)
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
     new_paths = sorted({p for plan in plans for p in plan['paths'] if site_key(p) not in sites},
-                       key=lambda p: (order[p.removesuffix(INPUT_SUFFIX)], p))
-    outputs = probe_outputs(model, new_paths, example_inputs)
+                       key=lambda p: (order[host_of(p)], p))
+    probes = [q for p in new_paths for q in _probe_paths(p)]
+    outputs = probe_outputs(model, list(dict.fromkeys(probes)), example_inputs)
     pairs = conv_norm_pairs(model)
     for path in new_paths:
-        host = model.get_submodule(path.removesuffix(INPUT_SUFFIX))
+        host = model.get_submodule(host_of(path))
+        output = outputs[_probe_paths(path)[-1]]
         layout = next((pl['layout'] for pl in plans if path in pl['paths'] and pl['layout']),
-                      None) or infer_layout(host, outputs[path], path)
-        shape = outputs[path].shape
-        channels = shape[1] if layout == 'nchw' else shape[-1]
+                      None) or infer_layout(host, output, path)
+        channels = output.shape[1] if layout == 'nchw' else output.shape[-1]
         site = AttentionSite(path, layout, channels)
+        if site.wraps_from is not None:
+            _check_around(site, outputs[_probe_paths(path)[0]])
         split = next((p for p in pairs if p.is_split_at(host, site.on_input)), None)
         site.split_pair = None if split is None else (split.conv_path, split.norm_path)
         sites[site_key(path)] = site
@@ -93,6 +107,38 @@ def insert_attention(model: nn.Module,
             name = type(attention.attention if plan['identity_init'] else attention)._abbr_
             site.attentions[_unique(name, site.attentions)] = attention
     return model
+
+
+def _probe_paths(path: str) -> List[str]:
+    """The places whose tensors a site at ``path`` needs: for an 'around' site, the input of
+    its first module and the output of its last; else ``path`` itself."""
+    if AROUND_SEP in path:
+        first, last = path.split(AROUND_SEP)
+        return [first + INPUT_SUFFIX, last]
+    return [path]
+
+
+def _check_around(site: AttentionSite, wrapped_input) -> None:
+    """An 'around' site needs NCHW maps and an input of its first module with the channels
+    of its last module's output."""
+    if site.layout != 'nchw':
+        raise ValueError(f'around place {site.path!r}: around sites take (N, C, H, W) maps, '
+                         f'got layout {site.layout!r}')
+    if wrapped_input.dim() != 4 or wrapped_input.shape[1] != site.channels:
+        raise ValueError(f'around place {site.path!r}: the input of {site.wraps_from!r} has '
+                         f'shape {tuple(wrapped_input.shape)}, the output of '
+                         f'{site.host_path!r} has {site.channels} channels; the module reads '
+                         'both, so they need the same channels (N, C, H, W)')
+
+
+def _check_takes_wrapped_input(cls: type, path: str) -> None:
+    """Modules of an 'around' site are called as ``forward(x, mask_input)``."""
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        raise ValueError(f'around place {path!r}: {cls.__name__}.forward takes only x, but an '
+                         "around site calls forward(x, mask_input) (the first module's "
+                         'input); use a plain place (module-path pattern) for it')
 
 
 def _checked_list(insertions) -> list:
@@ -181,8 +227,14 @@ def attach_site(model: nn.Module, site: AttentionSite) -> None:
     for handle in site.__dict__.pop('_handles', ()):
         handle.remove()
     host = model.get_submodule(site.host_path)
-    handles = [host.register_forward_pre_hook(ApplySiteToInput(site)) if site.on_input
-               else host.register_forward_hook(ApplySite(site))]
+    if site.wraps_from is not None:
+        first = model.get_submodule(site.wraps_from)
+        handles = [first.register_forward_pre_hook(RecordWrappedInput(site)),
+                   host.register_forward_hook(ApplyAroundSite(site))]
+        site.__dict__['_first'] = first
+    else:
+        handles = [host.register_forward_pre_hook(ApplySiteToInput(site)) if site.on_input
+                   else host.register_forward_hook(ApplySite(site))]
     if site.layout == 'tokens':
         block, position = _hw_shape_owner(model, site.host_path)
         handles.append(block.register_forward_pre_hook(RecordHWShape(site, position),
@@ -211,7 +263,10 @@ class KeepSitesAttached:
     def __call__(self, model, args):
         for site in getattr(model, SITES).values():
             check_unfused(model, site)
-            if site.__dict__.get('_host') is not model.get_submodule(site.host_path):
+            first = site.wraps_from
+            if site.__dict__.get('_host') is not model.get_submodule(site.host_path) or (
+                    first is not None and
+                    site.__dict__.get('_first') is not model.get_submodule(first)):
                 attach_site(model, site)
 
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from ..attention.base import PAPER_POSITIONS
 from .presets import PAPER_PRESETS, find_preset, find_substitute
-from .site import INPUT_SUFFIX
+from .site import AROUND_SEP, INPUT_SUFFIX, host_of
 
 
 def candidate_message(model: nn.Module, wanted: str, limit: int = 40) -> str:
@@ -27,7 +27,10 @@ def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
         model: The host model.
         at: ``'paper'`` for the module's paper position in this backbone family, or one or
             several ``fnmatch`` patterns over module paths (``'layer*.*.bn3'``, ``'stages.2'``);
-            a pattern ending in ``':input'`` places the attention on the modules' input.
+            a pattern ending in ``':input'`` places the attention on the modules' input;
+            ``'<first>~<last>'`` (two exact module paths, ``'layer1.1~layer1.2'``) is an
+            'around' place: the attention replaces the output of ``<last>`` and also reads
+            the input of ``<first>`` (``forward(x, mask_input)``).
         attention_cls: The attention class (for its ``paper_position``).
 
     Returns:
@@ -42,7 +45,11 @@ def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
                          f'{candidate_message(model, str(at))}')
     paths = [p for p, _ in model.named_modules() if p]
     matched = []
+    order = {p: i for i, p in enumerate(paths)}
     for pattern in patterns:
+        if AROUND_SEP in pattern:
+            matched.append(_around_place(model, pattern, order))
+            continue
         suffix = INPUT_SUFFIX if pattern.endswith(INPUT_SUFFIX) else ''
         base = pattern.removesuffix(INPUT_SUFFIX)
         hits = [p + suffix for p in paths if fnmatch.fnmatchcase(p, base)]
@@ -51,8 +58,25 @@ def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
                              f"use 'paper' or a pattern over module paths; "
                              f'{candidate_message(model, pattern)}')
         matched += hits
-    order = {p: i for i, p in enumerate(paths)}
-    return sorted(set(matched), key=lambda p: (order[p.removesuffix(INPUT_SUFFIX)], p))
+    return sorted(set(matched), key=lambda p: (order[host_of(p)], p))
+
+
+def _around_place(model: nn.Module, pattern: str, order: dict) -> str:
+    """``pattern`` (``'<first>~<last>'``) if both are module paths and ``<first>`` does not
+    come after ``<last>``."""
+    ends = pattern.split(AROUND_SEP)
+    if len(ends) != 2 or not all(ends) or any(e.endswith(INPUT_SUFFIX) for e in ends):
+        raise ValueError(f"at='{pattern}': an around place is '<first>{AROUND_SEP}<last>' "
+                         "with two module paths (e.g. 'layer1.1~layer1.2')")
+    for end in ends:
+        if end not in order:
+            raise ValueError(f"at='{pattern}': {end!r} is not a module path of "
+                             f'{type(model).__name__} (around places take exact paths); '
+                             f'{candidate_message(model, end)}')
+    if order[ends[0]] > order[ends[1]]:
+        raise ValueError(f"at='{pattern}': {ends[0]!r} comes after {ends[1]!r}; an around "
+                         "place runs from the first module's input to the last one's output")
+    return pattern
 
 
 def _paper_places(model: nn.Module, attention_cls: type) -> List[str]:

@@ -97,6 +97,10 @@ def resnet_places(model: nn.Module, position: str) -> Optional[List[str]]:
         return [f'{p}:input' for p in _resnet_convs(model, blocks, bottleneck)]
     if position == 'backbone_input':
         return [f'{_resnet_convs(model, [], bottleneck)[0]}:input']
+    if position == 'around_stage':  # stages 1 to 3: from block 1's input to the last block
+        around = [f'{stage}.1~{stage}.{len(getattr(model, stage)) - 1}' for stage in stages[:3]
+                  if len(getattr(model, stage)) > 1]
+        return around if len(around) == len(stages[:3]) else None
     if position == 'stage_last_residual_end':
         position = 'residual_end'
         blocks = [(f'{stage}.{len(getattr(model, stage)) - 1}', getattr(model, stage)[-1])
@@ -162,6 +166,9 @@ def mobilenet_v2_places(model: nn.Module, position: str) -> Optional[List[str]]:
 
 
 @register_preset('FPN')
-def fpn_places(model: nn.Module, position: str) -> List[str]:
-    """FPN (mmdet, mmseg): every output level, whatever the module's paper position."""
+def fpn_places(model: nn.Module, position: str) -> Optional[List[str]]:
+    """FPN (mmdet, mmseg): every output level, whatever the module's paper position (but
+    'around_stage', which needs stages of blocks)."""
+    if position == 'around_stage':
+        return None
     return [f'fpn_convs.{i}' for i in range(len(model.fpn_convs))]

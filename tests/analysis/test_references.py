@@ -45,6 +45,7 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('SpatialTransformer', dict(padding_mode='border', loc_channels=(8, 4), fc_channels=6),
      (5, 7)),
     ('SpatialTransformer', dict(), (1, 1)),
+    ('ResidualAttentionMask', dict(levels=3), (16, 15)),  # 7x7, 3x3, 1x1: every level pooled
 ]
 
 
@@ -128,6 +129,7 @@ def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     ('SimAM', (2, C, 1, 1), 'NaN'),
     ('SRM', (2, C, 1, 1), 'NaN'),
     ('SCSA', (2, C, 5, 9), 'smaller than the 7x7 window'),
+    ('ResidualAttentionMask', (2, C, 2, 9), 'ours does not pool every level there'),
 ])
 def test_incomparable_shapes_say_why(name, shape, reason):
     peer = reference_of(name)

@@ -7,6 +7,7 @@ from .ela import ELA
 from .gam import GAM
 from .mlca import MLCA
 from .polarized_self_attention import PolarizedSelfAttention
+from .residual_attention_mask import ResidualAttentionMask
 from .rga import RGA
 from .scsa import SCSA
 from .scse import SCSE
@@ -15,5 +16,5 @@ from .simam import SimAM
 from .triplet_attention import TripletAttention
 
 __all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'ELA', 'GAM', 'MLCA',
-           'PolarizedSelfAttention', 'RGA', 'SCSA', 'SCSE', 'ShuffleAttention', 'SimAM',
-           'TripletAttention']
+           'PolarizedSelfAttention', 'ResidualAttentionMask', 'RGA', 'SCSA', 'SCSE',
+           'ShuffleAttention', 'SimAM', 'TripletAttention']
