@@ -1282,6 +1282,52 @@ def _ran_unpooled(ours, shape):
     return None
 
 
+# --- EfficientMultiScaleAttention ------------------------------------------------------
+
+
+class EMAMSReference(nn.Module):
+    """EMA as in the official ``YOLOonMe/EMA-attention-module``, ``EMA_attention_module``
+    (class ``EMA`` at afc37ec).
+
+    x viewed as (N G, C / G, H, W); adaptive average pools to (H, 1) and (1, W) (the second
+    permuted to (W, 1)), concatenated along H, one 1x1 conv, split by [H, W]; GroupNorm of
+    the view times both sigmoids; a 3x3 conv of the view; each branch's adaptive average pool
+    through a softmax over the channels (``nn.Softmax(-1)`` on the permuted vector), matrix
+    product with the other branch flattened, summed, viewed as (N G, 1, H, W); sigmoid; times
+    the view.
+
+    Args:
+        channels (int): C.
+        factor (int): G.
+    """
+
+    def __init__(self, channels: int, factor: int):
+        super().__init__()
+        self.groups = factor
+        width = channels // factor
+        self.softmax = nn.Softmax(-1)
+        self.agp = nn.AdaptiveAvgPool2d((1, 1))
+        self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
+        self.pool_w = nn.AdaptiveAvgPool2d((1, None))
+        self.gn = nn.GroupNorm(width, width)
+        self.conv1x1 = nn.Conv2d(width, width, 1)
+        self.conv3x3 = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        bg = b * self.groups
+        gx = x.reshape(bg, -1, h, w)
+        hw = self.conv1x1(torch.cat([self.pool_h(gx), self.pool_w(gx).permute(0, 1, 3, 2)], 2))
+        a_h, a_w = torch.split(hw, [h, w], dim=2)
+        x1 = self.gn(gx * a_h.sigmoid() * a_w.permute(0, 1, 3, 2).sigmoid())
+        x2 = self.conv3x3(gx)
+        s1 = self.softmax(self.agp(x1).reshape(bg, -1, 1).permute(0, 2, 1))
+        s2 = self.softmax(self.agp(x2).reshape(bg, -1, 1).permute(0, 2, 1))
+        m = torch.matmul(s1, x2.reshape(bg, c // self.groups, -1)) + torch.matmul(
+            s2, x1.reshape(bg, c // self.groups, -1))
+        return (gx * m.reshape(bg, 1, h, w).sigmoid()).reshape(b, c, h, w)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1404,6 +1450,11 @@ REFERENCES: List[Peer] = [
               'and 2 levels, so that small maps pool every level as the official graph does; '
               'shapes where ours does not pool every level are incomparable).',
               incomparable=_ran_unpooled),
+    reference('EfficientMultiScaleAttention', 'YOLOonMe/EMA-attention-module '
+              'EMA_attention_module', lambda ours: EMAMSReference(ours.in_channels, ours.factor),
+              lambda ours: dict(ours.state_dict()),
+              differences='None (the same layers and ops; ours averages with mean instead of '
+              'adaptive pooling layers and slices instead of torch.split).'),
 ]
 
 

@@ -40,6 +40,8 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('RGA', dict(grid_size=(8, 7)), (8, 7)),  # on the grid: the official computation
     ('RGA', dict(use_channel=False, grid_size=4), (6, 9)),
     ('RGA', dict(use_spatial=False, grid_size=(4, 5), reduction=4), (4, 5)),
+    ('EfficientMultiScaleAttention', dict(factor=8), (5, 7)),
+    ('EfficientMultiScaleAttention', dict(factor=4), (1, 1)),
     ('PolarizedSelfAttention', dict(mode='parallel'), (5, 7)),
     ('PolarizedSelfAttention', dict(bottleneck_ratio=2), (1, 1)),
     ('SpatialTransformer', dict(padding_mode='border', loc_channels=(8, 4), fc_channels=6),

@@ -14,7 +14,8 @@ from ..attention.contract import perturb_parameters
 CHANNELS = 32
 #: Module arguments for small inputs and for the narrow ResNet-18 (8 to 64 channels).
 SMALL = dict(GC=dict(reduction=4), DeformableAttention2D=dict(dim_head=8, heads=4),
-             SK=dict(groups=4, min_channels=4))
+             SK=dict(groups=4, min_channels=4),
+             EfficientMultiScaleAttention=dict(factor=4))
 MAPPED = sorted(attention_classes())
 
 

@@ -3,6 +3,7 @@ from .bam import BAM
 from .cbam import CBAM
 from .coord_attention import CoordAttention
 from .dual_attention import DualAttention
+from .efficient_multi_scale_attention import EfficientMultiScaleAttention
 from .ela import ELA
 from .gam import GAM
 from .mlca import MLCA
@@ -15,6 +16,7 @@ from .shuffle_attention import ShuffleAttention
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention', 'ELA', 'GAM', 'MLCA',
+__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention',
+           'EfficientMultiScaleAttention', 'ELA', 'GAM', 'MLCA',
            'PolarizedSelfAttention', 'ResidualAttentionMask', 'RGA', 'SCSA', 'SCSE',
            'ShuffleAttention', 'SimAM', 'TripletAttention']
