@@ -77,7 +77,7 @@ def insert_attention(model: nn.Module,
     for plan in plans:  # before the model changes
         for path in plan['paths']:
             if AROUND_SEP in path:
-                _check_takes_wrapped_input(MODELS.get(plan['attention']['type']), path)
+                _check_takes_wrapped_input(plan['cls'], path)
     sites = _sites_of(model)
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
     new_paths = sorted({p for plan in plans for p in plan['paths'] if site_key(p) not in sites},
@@ -101,7 +101,10 @@ def insert_attention(model: nn.Module,
     for plan in plans:
         for path in plan['paths']:
             site = sites[site_key(path)]
-            attention = MODELS.build(dict(plan['attention'], in_channels=site.channels))
+            # built from the class found in cvattn_mm's registry: a build by name would look
+            # in the default scope's registry first (mmyolo registers its own CBAM)
+            attention = MODELS.build(dict(plan['attention'], type=plan['cls'],
+                                          in_channels=site.channels))
             if plan['identity_init']:
                 attention = IdentityBlend(attention)
             name = type(attention.attention if plan['identity_init'] else attention)._abbr_
@@ -181,7 +184,7 @@ def _plan(model: nn.Module, insertion: dict) -> dict:
     layout = insertion.get('layout')
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f'insertion layout must be one of {tuple(LAYOUTS)}, got {layout!r}')
-    return dict(attention=attention, layout=layout,
+    return dict(attention=attention, cls=cls, layout=layout,
                 identity_init=bool(insertion.get('identity_init', False)),
                 paths=resolve_places(model, insertion.get('at', 'paper'), cls))
 

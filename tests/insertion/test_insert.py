@@ -402,3 +402,25 @@ def test_backbone_input_and_geometry_warping_modules(monkeypatch):
         with pytest.raises(ValueError, match=f'SE warps the features spatially, which a {scope} '
                            'model cannot take.*DeformableAttention2D'):
             with_attention(R18, scope, dict(attention=se, at=['conv1:input']))
+
+
+def test_attention_types_resolve_to_ours_under_any_default_scope():
+    """Another toolbox's registry may hold a class of the same name (mmyolo's CBAM): under its
+    default scope a build by name would pick it; insertions always take cvattn_mm's."""
+    from mmengine.registry import MODELS as ROOT
+    from mmengine.registry import Registry
+
+    from cvattn_mm.attention.channel_spatial.cbam import CBAM
+    foreign = Registry('model', parent=ROOT, scope='cvattn_test_foreign')
+
+    class ForeignCBAM(nn.Module):
+        def __init__(self, in_channels=None):
+            super().__init__()
+
+    foreign.register_module(name='CBAM', module=ForeignCBAM)
+    with DefaultScope.overwrite_default_scope('cvattn_test_foreign'):
+        assert type(MODELS.build(dict(type='CBAM', in_channels=8))) is ForeignCBAM
+        model = insert_attention(TinyNet(), [dict(attention='CBAM', at=['body.3'])],
+                                 example_inputs=(torch.randn(1, 3, 8, 8), ))
+    assert [type(a) for s in model.attention_sites.values()
+            for a in s.attentions.values()] == [CBAM]
