@@ -242,3 +242,22 @@ def test_every_registered_module_has_a_resnet50_config_at_its_paper_position():
     # their default configs are at='paper'
     assert not missing, f'no configs/classification/resnet50 config at the paper position: ' \
         f'{sorted(missing)}'
+
+
+def test_readme_position_table_names_every_module_in_its_row():
+    """The README's paper-position table lists each registered module in the row of its
+    paper position (the first cell: 'position (Module, Module, ...)')."""
+    import re
+
+    from cvattn_mm.attention.catalog import attention_classes
+    with open(osp.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        text = f.read()
+    table = text.split('### Paper positions per backbone family', 1)[1].split('\n\n', 2)[1]
+    listed = {}
+    for row in table.splitlines()[2:]:
+        first = row.split('|')[1].strip()
+        position, _, names = first.partition(' (')
+        listed[position] = set(re.findall(r'[A-Z][A-Za-z0-9]+', names))
+    missing = {name: cls.paper_position for name, cls in attention_classes().items()
+               if name not in listed.get(cls.paper_position, set())}
+    assert not missing, f'README position table: add {missing}'
