@@ -11,3 +11,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_default_scope():
+    """mmengine's Runner makes its default scope the current one for the whole process; a
+    test that builds a Runner would change the scope of the tests after it."""
+    from mmengine.registry import DefaultScope
+    instances = dict(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(instances)
