@@ -29,6 +29,8 @@ PAPER_POSITIONS = {
     'around_stage': ("around stages 1 to 3: reads the output of the stage's first block and "
                      "replaces the output of its last block (an 'around' site, see "
                      'insertion/site.py)'),
+    'own_block': ("only inside the paper's own architecture; inserted at the module's "
+                  'fallback_position (the insertion logs that it is not the paper\'s)'),
     'backbone_input': "on the backbone's image input, before its stem (classification only)",
     'stage_last_residual_end': "as residual_end, in the last block of each stage only",
     'before_every_conv': ('at the input of every conv of the backbone: the stem conv(s), '
@@ -66,6 +68,8 @@ class AttentionModule(BaseModule):
     paper: ClassVar[str]
     paper_position: ClassVar[str]
     _abbr_: ClassVar[str]
+    #: Where ``at='paper'`` inserts a module whose ``paper_position`` is ``'own_block'``.
+    fallback_position: ClassVar[Optional[str]] = None
     #: True for modules that move features spatially (a spatial transformer's warp): boxes
     #: and masks would need the same warp, so detectors and segmentors refuse them.
     warps_geometry: ClassVar[bool] = False

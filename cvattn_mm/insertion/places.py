@@ -1,9 +1,11 @@
 """Resolving ``at=`` of an insertion to module paths of a model."""
 import difflib
 import fnmatch
+import logging
 from typing import List, Sequence, Union
 
 import torch.nn as nn
+from mmengine.logging import print_log
 
 from ..attention.base import PAPER_POSITIONS
 from .presets import PAPER_PRESETS, find_preset, find_substitute
@@ -81,6 +83,12 @@ def _around_place(model: nn.Module, pattern: str, order: dict) -> str:
 
 def _paper_places(model: nn.Module, attention_cls: type) -> List[str]:
     position = attention_cls.paper_position
+    if position == 'own_block':
+        position = attention_cls.fallback_position
+        print_log(f"at='paper': {attention_cls.__name__}'s paper uses it only inside its own "
+                  f"architecture; inserted at its fallback position '{position}' "
+                  f'({PAPER_POSITIONS[position]}), which is not the paper\'s position',
+                  logger='current', level=logging.WARNING)
     preset = find_preset(model)
     if preset is None:
         raise ValueError(

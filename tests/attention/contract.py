@@ -53,6 +53,11 @@ def check_metadata(cls):
     name = cls.__name__
     assert cls.family in FAMILIES, f'{name}.family={cls.family!r}'
     assert cls.paper_position in PAPER_POSITIONS, f'{name}.paper_position'
+    if cls.paper_position == 'own_block':
+        assert cls.fallback_position in set(PAPER_POSITIONS) - {'own_block'}, \
+            f'{name}.fallback_position={cls.fallback_position!r}'
+    else:
+        assert cls.fallback_position is None, f'{name}: fallback_position is for own_block'
     assert re.search(CITATION, cls.paper), f'{name}.paper needs an arXiv id, PMLR volume or doi:'
     assert '_abbr_' in vars(cls), f'{name} must declare its own _abbr_'
     assert cls.__doc__ and re.search(CITATION, cls.__doc__), f'{name} docstring must cite the paper'

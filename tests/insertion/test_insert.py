@@ -424,3 +424,25 @@ def test_attention_types_resolve_to_ours_under_any_default_scope():
                                  example_inputs=(torch.randn(1, 3, 8, 8), ))
     assert [type(a) for s in model.attention_sites.values()
             for a in s.attentions.values()] == [CBAM]
+
+
+def test_own_block_modules_go_to_their_fallback_position_with_a_warning(monkeypatch):
+    """A module whose paper uses it only inside its own architecture (VAN, LSKNet, ...):
+    at='paper' inserts it at its fallback position and says that it is not the paper's."""
+    from mmengine.logging import MMLogger
+
+    from cvattn_mm.attention.channel.se import SE
+    monkeypatch.setattr(SE, 'paper_position', 'own_block')
+    monkeypatch.setattr(SE, 'fallback_position', 'late_stages')
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        model = with_attention(R18, 'mmpretrain', dict(attention='SE'))
+    finally:
+        logger.removeHandler(handler)
+    assert [s.path for s in model.attention_sites.values()] == ['layer3', 'layer4']
+    assert any("SE's paper uses it only inside its own architecture; inserted at its "
+               "fallback position 'late_stages'" in r.getMessage() for r in records)
