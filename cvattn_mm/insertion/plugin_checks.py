@@ -1,13 +1,19 @@
 """Checks of mmdet's and mmseg's ResNet ``plugins=`` in a model config, before it is built.
 
 Built as is, a mistyped plug-in type fails in mmcv's ``build_plugin_layer`` with "Cannot find
-None in registry", and plug-ins on a BasicBlock ResNet with mmdet's "Not implemented yet.".
-:func:`check_plugins` says what is wrong and what to write instead.
+None in registry", plug-ins on a BasicBlock ResNet fail with mmdet's "Not implemented yet.",
+and a plug-in type that another toolbox also registers (mmyolo's ``CBAM``) silently builds
+that toolbox's class under its scope. :func:`check_plugins` says what is wrong and what to
+write instead.
 """
 import difflib
+import logging
 from typing import Any
 
+from mmengine.logging import print_log
 from mmengine.registry import MODELS
+
+from ..registry import MODELS as CVATTN_MODELS
 
 
 def check_plugins(model_cfg: Any, scope: str) -> None:
@@ -43,8 +49,17 @@ def _check(cfg: Any, registry) -> None:
 
 
 def _check_type(plugin_type: Any, registry) -> None:
-    if not isinstance(plugin_type, str) or registry.get(plugin_type) is not None:
+    if not isinstance(plugin_type, str):
         return  # a class, or no type (mmcv says so)
+    found = registry.get(plugin_type)
+    ours = CVATTN_MODELS.module_dict.get(plugin_type)
+    if found is not None and ours is not None and found is not ours:
+        print_log(f'plugins=: type {plugin_type!r} resolves to {found.__module__}.'
+                  f"{found.__name__} in the {registry.scope} scope, not to cvattn_mm's "
+                  f"{plugin_type}; write type='cvattn_mm.{plugin_type}' for cvattn_mm's",
+                  logger='current', level=logging.WARNING)
+    if found is not None:
+        return
     known = sorted(set(registry.module_dict) | set(MODELS.module_dict))
     close = difflib.get_close_matches(str(plugin_type), known, n=5, cutoff=0.5)
     raise KeyError(f'plugins=: plug-in type {plugin_type!r} is not registered in the '
