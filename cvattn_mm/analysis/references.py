@@ -1328,6 +1328,39 @@ class EMAMSReference(nn.Module):
         return (gx * m.reshape(bg, 1, h, w).sigmoid()).reshape(b, c, h, w)
 
 
+# --- CAA -------------------------------------------------------------------------------
+
+
+class CAAReference(nn.Module):
+    """CAA as in the official ``NUST-Machine-Intelligence-Laboratory/PKINet``,
+    ``mmrotate/models/backbones/pkinet.py`` (``CAA`` at c1e72da, as PKINet builds it: no norm,
+    no activation): ``nn.AvgPool2d(7, 1, 3)``, a 1x1 conv, a 1 x k_h and a k_v x 1 depthwise
+    conv, a 1x1 conv, a sigmoid; the block multiplies x by the factor.
+
+    Args:
+        channels (int): C.
+        k_h, k_v (int): The strip kernels.
+    """
+
+    def __init__(self, channels: int, k_h: int = 11, k_v: int = 11):
+        super().__init__()
+        self.avg_pool = nn.AvgPool2d(7, 1, 3)
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.h_conv = nn.Conv2d(channels, channels, (1, k_h), 1, (0, k_h // 2), groups=channels)
+        self.v_conv = nn.Conv2d(channels, channels, (k_v, 1), 1, (k_v // 2, 0), groups=channels)
+        self.conv2 = nn.Conv2d(channels, channels, 1)
+        self.act = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.act(self.conv2(self.v_conv(self.h_conv(self.conv1(self.avg_pool(x))))))
+
+
+def _caa(ours):
+    _require(ours.conv1.norm_name is None and ours.conv1.activate is None
+             and ours.pool_size == 7, ours, 'norm_cfg=None, act_cfg=None and pool_size=7')
+    return CAAReference(ours.in_channels, ours.h_kernel_size, ours.v_kernel_size)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1455,6 +1488,11 @@ REFERENCES: List[Peer] = [
               lambda ours: dict(ours.state_dict()),
               differences='None (the same layers and ops; ours averages with mean instead of '
               'adaptive pooling layers and slices instead of torch.split).'),
+    reference('CAA', 'NUST-Machine-Intelligence-Laboratory/PKINet '
+              'mmrotate/models/backbones/pkinet.py', _caa,
+              lambda ours: {k.replace('.conv.', '.'): v for k, v in ours.state_dict().items()},
+              differences='None (the same layers and ops; the official module returns the '
+              'factor, which its block multiplies with x, ours returns x times it).'),
 ]
 
 

@@ -1,5 +1,6 @@
 """Channel and spatial attention: gates over both channels and positions."""
 from .bam import BAM
+from .caa import CAA
 from .cbam import CBAM
 from .coord_attention import CoordAttention
 from .dual_attention import DualAttention
@@ -16,7 +17,7 @@ from .shuffle_attention import ShuffleAttention
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CBAM', 'CoordAttention', 'DualAttention',
+__all__ = ['BAM', 'CAA', 'CBAM', 'CoordAttention', 'DualAttention',
            'EfficientMultiScaleAttention', 'ELA', 'GAM', 'MLCA',
            'PolarizedSelfAttention', 'ResidualAttentionMask', 'RGA', 'SCSA', 'SCSE',
            'ShuffleAttention', 'SimAM', 'TripletAttention']
