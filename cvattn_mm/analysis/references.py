@@ -1361,6 +1361,57 @@ def _caa(ours):
     return CAAReference(ours.in_channels, ours.h_kernel_size, ours.v_kernel_size)
 
 
+# --- LSKBlock --------------------------------------------------------------------------
+
+
+class LSKBlockReference(nn.Module):
+    """LSKBlock as in the official ``zcablii/LSKNet``,
+    ``mmrotate/models/backbones/lsknet.py`` (``LSKblock``, ``Attention`` at cbe06ca): a 5x5
+    depthwise conv, a 7x7 depthwise conv with dilation 3 on its output, a 1x1 conv C -> C/2 on
+    each, their concatenation's channel mean and max, a 7x7 conv 2 -> 2 and sigmoid, the
+    selected sum, a 1x1 conv C/2 -> C, times x; with ``projection``, the ``Attention``
+    wrapper ``x + proj_2(LSK(GELU(proj_1(x))))``.
+
+    Args:
+        dim (int): Channels C.
+        projection (bool): Wrap the block in the official ``Attention``.
+    """
+
+    def __init__(self, dim: int, projection: bool):
+        super().__init__()
+        self.projection = projection
+        if projection:
+            self.proj_1 = nn.Conv2d(dim, dim, 1)
+            self.proj_2 = nn.Conv2d(dim, dim, 1)
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.conv_spatial = nn.Conv2d(dim, dim, 7, stride=1, padding=9, groups=dim, dilation=3)
+        self.conv1 = nn.Conv2d(dim, dim // 2, 1)
+        self.conv2 = nn.Conv2d(dim, dim // 2, 1)
+        self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3)
+        self.conv = nn.Conv2d(dim // 2, dim, 1)
+
+    def lsk(self, x: torch.Tensor) -> torch.Tensor:
+        attn1 = self.conv0(x)
+        attn2 = self.conv_spatial(attn1)
+        attn1 = self.conv1(attn1)
+        attn2 = self.conv2(attn2)
+        attn = torch.cat([attn1, attn2], dim=1)
+        avg_attn = torch.mean(attn, dim=1, keepdim=True)
+        max_attn, _ = torch.max(attn, dim=1, keepdim=True)
+        sig = self.conv_squeeze(torch.cat([avg_attn, max_attn], dim=1)).sigmoid()
+        attn = attn1 * sig[:, 0, :, :].unsqueeze(1) + attn2 * sig[:, 1, :, :].unsqueeze(1)
+        return x * self.conv(attn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.projection:
+            return self.lsk(x)
+        return x + self.proj_2(self.lsk(F.gelu(self.proj_1(x))))
+
+
+def _lsk_block(ours):
+    return LSKBlockReference(ours.in_channels, ours.with_projection)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1493,6 +1544,10 @@ REFERENCES: List[Peer] = [
               lambda ours: {k.replace('.conv.', '.'): v for k, v in ours.state_dict().items()},
               differences='None (the same layers and ops; the official module returns the '
               'factor, which its block multiplies with x, ours returns x times it).'),
+    reference('LSKBlock', 'zcablii/LSKNet mmrotate/models/backbones/lsknet.py', _lsk_block,
+              lambda ours: dict(ours.state_dict()),
+              differences='None (the same convolutions, keys and ops; the wrapper\'s block '
+              'is not nested under spatial_gating_unit).'),
 ]
 
 

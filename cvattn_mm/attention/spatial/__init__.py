@@ -3,6 +3,7 @@ from .deformable_attention import DeformableAttention2D
 from .double_attention import DoubleAttention
 from .emau import EMAU
 from .external_attention import ExternalAttention
+from .lsk_block import LSKBlock
 from .multi_head_external_attention import MultiHeadExternalAttention
 from .non_local import NonLocalBlock
 from .pooled_self_attention import PooledSelfAttention
@@ -11,5 +12,6 @@ from .sge import SGE
 from .spatial_transformer import SpatialTransformer
 
 __all__ = ['DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention',
-           'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention', 'RCCA',
+           'LSKBlock', 'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
+           'RCCA',
            'SGE', 'SpatialTransformer']
