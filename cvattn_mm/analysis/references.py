@@ -1412,6 +1412,53 @@ def _lsk_block(ours):
     return LSKBlockReference(ours.in_channels, ours.with_projection)
 
 
+# --- CPCA ------------------------------------------------------------------------------
+
+
+class CPCAReference(nn.Module):
+    """CPCA as in the official ``Cuthbert-Huang/CPCANet``,
+    ``CPCANet/nnunet/network_architecture/CPCANet.py`` (``ChannelAttention``, ``RepBlock`` at
+    550b49a): one 1x1 conv ``conv`` applied three times (input projection + GELU, spatial
+    attention, output), the channel prior as two separate pool -> fc1 -> relu -> fc2 ->
+    sigmoid passes, summed, and the 5x5 + (1x7, 7x1) + (1x11, 11x1) + (1x21, 21x1) depthwise
+    convs.
+
+    Args:
+        in_channels (int): Channels C.
+        hidden (int): The channel prior's hidden width (official C // 4).
+    """
+
+    def __init__(self, in_channels: int, hidden: int):
+        super().__init__()
+        c = in_channels
+        self.ca = nn.Module()
+        self.ca.fc1 = nn.Conv2d(c, hidden, 1)
+        self.ca.fc2 = nn.Conv2d(hidden, c, 1)
+        self.dconv5_5 = nn.Conv2d(c, c, 5, padding=2, groups=c)
+        for k in (7, 11, 21):
+            setattr(self, f'dconv1_{k}', nn.Conv2d(c, c, (1, k), padding=(0, k // 2), groups=c))
+            setattr(self, f'dconv{k}_1', nn.Conv2d(c, c, (k, 1), padding=(k // 2, 0), groups=c))
+        self.conv = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv(x))
+        avg = torch.sigmoid(self.ca.fc2(F.relu(self.ca.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        mx = torch.sigmoid(self.ca.fc2(F.relu(self.ca.fc1(F.adaptive_max_pool2d(x, 1)))))
+        x = (avg + mx) * x
+        d0 = self.dconv5_5(x)
+        d = d0
+        for k in (7, 11, 21):
+            d = d + getattr(self, f'dconv{k}_1')(getattr(self, f'dconv1_{k}')(d0))
+        return self.conv(self.conv(d) * x)
+
+
+def _cpca(ours):
+    _require(ours.projection == 'shared' and ours.square_kernel == 5
+             and ours.strip_kernels == (7, 11, 21), ours,
+             "projection='shared', square_kernel=5 and strip_kernels=(7, 11, 21)")
+    return CPCAReference(ours.in_channels, ours.ca.fc1.out_channels)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1548,6 +1595,10 @@ REFERENCES: List[Peer] = [
               lambda ours: dict(ours.state_dict()),
               differences='None (the same convolutions, keys and ops; the wrapper\'s block '
               'is not nested under spatial_gating_unit).'),
+    reference('CPCA', 'Cuthbert-Huang/CPCANet CPCANet/nnunet/network_architecture/CPCANet.py',
+              _cpca, lambda ours: dict(ours.state_dict()),
+              differences='None (the same layers, keys and ops; the official block applies '
+              'its one 1x1 conv three times, as our default projection=\'shared\').'),
 ]
 
 

@@ -3,6 +3,7 @@ from .bam import BAM
 from .caa import CAA
 from .cbam import CBAM
 from .coord_attention import CoordAttention
+from .cpca import CPCA
 from .dual_attention import DualAttention
 from .efficient_multi_scale_attention import EfficientMultiScaleAttention
 from .ela import ELA
@@ -17,7 +18,7 @@ from .shuffle_attention import ShuffleAttention
 from .simam import SimAM
 from .triplet_attention import TripletAttention
 
-__all__ = ['BAM', 'CAA', 'CBAM', 'CoordAttention', 'DualAttention',
+__all__ = ['BAM', 'CAA', 'CBAM', 'CoordAttention', 'CPCA', 'DualAttention',
            'EfficientMultiScaleAttention', 'ELA', 'GAM', 'MLCA',
            'PolarizedSelfAttention', 'ResidualAttentionMask', 'RGA', 'SCSA', 'SCSE',
            'ShuffleAttention', 'SimAM', 'TripletAttention']
