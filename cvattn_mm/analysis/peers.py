@@ -398,6 +398,22 @@ def _mmseg_emau_state(ours):
     return state
 
 
+# --- mmpretrain: VAN ------------------------------------------------------------------
+
+
+def _mmpretrain_lka(ours):
+    from mmpretrain.models.backbones.van import LKA
+    if ours.with_projection:
+        raise ValueError("mmpretrain's LKA is the attention alone (no VAN Attention wrapper): "
+                         'the pair needs with_projection=False')
+    return LKA(ours.in_channels)
+
+
+def _mmpretrain_lka_state(ours):
+    return _renamed(ours.state_dict(), {'conv0.': 'DW_conv.', 'conv_spatial.': 'DW_D_conv.',
+                                        'conv1.': 'conv1.'})
+
+
 # --- deformable-attention (lucidrains) -------------------------------------------------
 
 
@@ -534,4 +550,8 @@ PEERS: List[Peer] = [
          'l2-normalises the batch mean of the bases before the moving average: the pair sets '
          "eps=1e-12, eps_mode='clamp', renormalize_bases=True, and em_grad='none' (no gradient "
          'through the EM steps, as mmseg and the official code).'),
+    Peer('LKA', 'mmpretrain LKA', 'mmpretrain', _mmpretrain_lka, _mmpretrain_lka_state,
+         differences="None: mmpretrain's LKA (DW_conv 5x5, DW_D_conv 7x7 dilation 3, conv1 "
+         "1x1, u * attn) is the official one with renamed keys; the pair needs "
+         'with_projection=False (the wrapper is not in the peer).'),
 ]

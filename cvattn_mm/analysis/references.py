@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attention.spatial.lska import LSKA_KERNELS
 from .peers import PEERS, Peer, State
 
 
@@ -1459,6 +1460,40 @@ def _cpca(ours):
     return CPCAReference(ours.in_channels, ours.ca.fc1.out_channels)
 
 
+# --- LSKA ------------------------------------------------------------------------------
+
+
+class LSKAReference(nn.Module):
+    """LSKA as in the official ``StevenLauHKHK/Large-Separable-Kernel-Attention``
+    ``models/van.py`` (``LSKA`` at bb2a8d2): depthwise 1 x k0, k0 x 1, then the dilated
+    1 x k1, k1 x 1 (padding keeping the size), a 1x1 conv, all with bias; ``x * attn``.
+
+    Args:
+        dim (int): C.
+        k0, k1, dilation (int): The local kernel, the dilated kernel and its dilation.
+    """
+
+    def __init__(self, dim: int, k0: int, k1: int, dilation: int):
+        super().__init__()
+        p0, p1 = (k0 - 1) // 2, dilation * (k1 - 1) // 2
+        self.conv0h = nn.Conv2d(dim, dim, (1, k0), padding=(0, p0), groups=dim)
+        self.conv0v = nn.Conv2d(dim, dim, (k0, 1), padding=(p0, 0), groups=dim)
+        self.conv_spatial_h = nn.Conv2d(dim, dim, (1, k1), padding=(0, p1), groups=dim,
+                                        dilation=dilation)
+        self.conv_spatial_v = nn.Conv2d(dim, dim, (k1, 1), padding=(p1, 0), groups=dim,
+                                        dilation=dilation)
+        self.conv1 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn = self.conv_spatial_v(self.conv_spatial_h(self.conv0v(self.conv0h(x))))
+        return x * self.conv1(attn)
+
+
+def _lska(ours):
+    _require(not ours.with_projection, ours, 'with_projection=False (LSKA alone)')
+    return LSKAReference(ours.in_channels, *LSKA_KERNELS[ours.k_size])
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1599,6 +1634,9 @@ REFERENCES: List[Peer] = [
               _cpca, lambda ours: dict(ours.state_dict()),
               differences='None (the same layers, keys and ops; the official block applies '
               'its one 1x1 conv three times, as our default projection=\'shared\').'),
+    reference('LSKA', 'StevenLauHKHK/Large-Separable-Kernel-Attention models/van.py', _lska,
+              lambda ours: dict(ours.state_dict()),
+              differences='None (the same convolutions, keys and ops).'),
 ]
 
 

@@ -92,7 +92,7 @@ def test_peers_cover_the_modules_with_public_implementations():
     assert {p.module for p in PEERS} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
                                          'CoordAttention', 'DeformableAttention2D',
                                          'GatherExcite', 'RCCA', 'DualAttention',
-                                         'EMAU', 'ELA'}
+                                         'EMAU', 'ELA', 'LKA'}
     assert set(p.module for p in PEERS) <= set(attention_classes())
     assert [p.name for p in peers_of('GC')] == ['timm GlobalContext', 'mmcv ContextBlock']
     assert all(p.differences for p in PEERS)

@@ -3,7 +3,9 @@ from .deformable_attention import DeformableAttention2D
 from .double_attention import DoubleAttention
 from .emau import EMAU
 from .external_attention import ExternalAttention
+from .lka import LKA
 from .lsk_block import LSKBlock
+from .lska import LSKA
 from .multi_head_external_attention import MultiHeadExternalAttention
 from .non_local import NonLocalBlock
 from .pooled_self_attention import PooledSelfAttention
@@ -11,7 +13,8 @@ from .rcca import RCCA
 from .sge import SGE
 from .spatial_transformer import SpatialTransformer
 
-__all__ = ['DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention',
-           'LSKBlock', 'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
+__all__ = ['DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
+           'LSKA', 'LSKBlock',
+           'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
            'RCCA',
            'SGE', 'SpatialTransformer']
