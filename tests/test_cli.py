@@ -21,7 +21,9 @@ def test_benchmark_writes_the_tables(tmp_path, capsys):
 def test_benchmark_lists_the_modules_when_one_is_unknown(capsys):
     with pytest.raises(SystemExit):
         main(['benchmark', '--modules', 'SEE'])
-    assert "unknown modules ['SEE']; registered: BAM, CBAM" in capsys.readouterr().err
+    from cvattn_mm.attention.catalog import attention_classes
+    registered = ', '.join(sorted(attention_classes()))
+    assert f"unknown modules ['SEE']; registered: {registered}" in capsys.readouterr().err
 
 
 def test_visualize_draws_one_png_per_image(tmp_path):
