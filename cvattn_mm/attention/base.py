@@ -22,7 +22,12 @@ PAPER_POSITIONS = {
     'residual_end_c3_c5': 'as residual_end, in the stages c3-c5 only (all but the first)',
     'before_mid_norm': "after the residual branch's (last) 3x3 conv, before its norm",
     'after_mid_conv': "after the residual branch's 3x3 conv, its norm and activation",
-    'replaces_mid_conv': "in place of the residual branch's 3x3 conv",
+    'after_mid_norm': ("after the residual branch's 3x3 conv and its norm, before its "
+                       'activation (the plug-in form of a replacement, e.g. SK)'),
+    'replaces_mid_conv': ("in place of the residual branch's 3x3 conv (a replace= "
+                          'insertion; modules that absorb it also take its norm)'),
+    'replaces_block_convs': ("in place of every conv of the residual branch (conv1-conv3 of "
+                             'a Bottleneck, conv1-conv2 of a BasicBlock; a replace= insertion)'),
     'between_stages': 'at the end of every stage but the last',
     'late_stages': 'in the last stages (on the coarsest feature maps)',
     'after_every_stage': 'at the output of every stage, the last one included',

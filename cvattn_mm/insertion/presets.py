@@ -15,7 +15,7 @@ PAPER_PRESETS: Dict[str, Callable[[nn.Module, str], Optional[List[str]]]] = {}
 
 #: ``(backbone class name, paper position) -> (pattern, why)`` where a preset returns None.
 SUBSTITUTES: Dict[Tuple[str, str], Tuple[str, str]] = {
-    ('ResNet', 'replaces_mid_conv'): (
+    ('ResNet', 'after_mid_norm'): (
         'layer*.*.bn1', "a BasicBlock has no bottleneck 3x3 conv; its first 3x3 conv's norm "
         'takes that role (as in configs/classification/resnet18/resnet18-sk_8xb32_in1k.py)'),
 }
@@ -112,8 +112,12 @@ def resnet_places(model: nn.Module, position: str) -> Optional[List[str]]:
         return [f'{p}.conv2' for p, _ in blocks]
     if position == 'after_mid_conv':  # the input of the conv after the 3x3 conv's activation
         return [f'{p}.conv3:input' if bottleneck else f'{p}.conv2:input' for p, _ in blocks]
-    if position == 'replaces_mid_conv':
+    if position == 'after_mid_norm':
         return [f'{p}.{b.norm2_name}' for p, b in blocks] if bottleneck else None
+    if position == 'replaces_mid_conv':  # a BasicBlock has no single middle conv
+        return [f'{p}.conv2' for p, _ in blocks] if bottleneck else None
+    if position == 'replaces_block_convs':
+        return [f'{p}.conv{i}' for p, _ in blocks for i in ((1, 2, 3) if bottleneck else (1, 2))]
     return _stage_ends(stages, position)
 
 
@@ -168,7 +172,7 @@ def mobilenet_v2_places(model: nn.Module, position: str) -> Optional[List[str]]:
 @register_preset('FPN')
 def fpn_places(model: nn.Module, position: str) -> Optional[List[str]]:
     """FPN (mmdet, mmseg): every output level, whatever the module's paper position (but
-    'around_stage', which needs stages of blocks)."""
-    if position == 'around_stage':
+    'around_stage', which needs stages of blocks, and the replacing positions)."""
+    if position in ('around_stage', 'replaces_mid_conv', 'replaces_block_convs'):
         return None
     return [f'fpn_convs.{i}' for i in range(len(model.fpn_convs))]

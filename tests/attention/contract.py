@@ -10,8 +10,10 @@ import re
 import warnings
 
 import torch
+import torch.nn as nn
 
-from cvattn_mm.attention import FAMILIES, PAPER_POSITIONS
+from cvattn_mm.attention import FAMILIES, PAPER_POSITIONS, ConvReplacement
+from cvattn_mm.attention.conv_replacement import CONV_OPTIONS, REPLACING_POSITIONS
 from cvattn_mm.attention.fast_backward import fast_backward
 
 SIZES = [(8, 8), (1, 1), (7, 7), (13, 17)]
@@ -64,6 +66,14 @@ def check_metadata(cls):
     params = list(inspect.signature(cls.__init__).parameters)
     assert params[1] == 'in_channels', f'{name}: in_channels must come first, got {params}'
     assert params[-1] == 'init_cfg', f'{name}: init_cfg must come last, got {params}'
+    replaces = issubclass(cls, ConvReplacement)
+    assert replaces == (cls.paper_position in REPLACING_POSITIONS), \
+        f'{name}: a ConvReplacement and only it has a replacing paper_position'
+    if replaces:
+        assert tuple(params[1:len(CONV_OPTIONS) + 1]) == CONV_OPTIONS, \
+            f'{name}: the replaced conv\'s options {CONV_OPTIONS} come first, got {params}'
+        assert bool(cls.conv_init) != bool(cls.no_conv_init), \
+            f'{name}: say what init_from_conv does (conv_init) or why it cannot (no_conv_init)'
 
 
 def check_shapes(factory):
@@ -263,6 +273,43 @@ def check_fast_backward_matches_autograd(factory):
         if plain[name] is not None:
             err = (fast[name] - plain[name]).abs().max().item()
             assert err <= 1e-9 * scale, f'gradient of {name}: max abs error {err:.3g}'
+
+
+def conv_geometries(cls, channels):
+    """The replaced convs a ConvReplacement is checked on: stride 2, more output channels,
+    and the groups and dilation its class takes."""
+    k = cls.kernel_sizes[0] if cls.kernel_sizes else 3
+    geometries = [dict(stride=2), dict(out_channels=2 * channels), dict(stride=2, padding=0)]
+    if cls.takes_groups:
+        geometries.append(dict(groups=4, stride=2))
+    if cls.takes_dilation:
+        geometries.append(dict(dilation=2))
+    convs = []
+    for g in geometries:
+        dilation = g.get('dilation', 1)
+        padding = g.get('padding', dilation * (k - 1) // 2)
+        if padding != dilation * (k - 1) // 2 and not cls.any_padding:
+            continue
+        convs.append(nn.Conv2d(channels, g.get('out_channels', channels), k, g.get('stride', 1),
+                               padding, dilation, g.get('groups', 1), bias=False))
+    return convs
+
+
+def check_replaces_conv(cls, channels=64, **options):
+    """Built from convs of several geometries (:func:`conv_geometries`), the module gives
+    the conv's output shape on even, odd, non-square and 1x1 maps, and gradients."""
+    for conv in conv_geometries(cls, channels):
+        module = perturb_parameters(cls.from_conv(conv, **options).to(DEVICE))
+        for size in [(8, 8), (7, 7), (13, 17), (1, 1)]:
+            if min(module.output_size(*size)) < 1:
+                continue
+            x = torch.randn(2, channels, *size, device=DEVICE, requires_grad=True)
+            y = module(x)
+            expected = conv.to(DEVICE)(x).shape
+            assert y.shape == expected, f'{conv} at {size}: {tuple(y.shape)} != {tuple(expected)}'
+            assert torch.isfinite(y).all(), f'{conv} at {size}: non-finite output'
+            y.square().mean().backward()
+            assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, f'{conv} at {size}'
 
 
 ALL_CHECKS = [check_shapes, check_gradients, check_batch_one, check_channels_last,

@@ -4,12 +4,14 @@ import functools
 import pytest
 import torch
 
+from cvattn_mm.attention import ConvReplacement
 from cvattn_mm.attention.catalog import attention_classes
 from cvattn_mm.registry import MODELS
 
 from . import contract
 
 ATTENTION = list(attention_classes())
+REPLACEMENTS = [n for n, cls in attention_classes().items() if issubclass(cls, ConvReplacement)]
 CHANNELS = 64
 
 
@@ -52,3 +54,8 @@ def test_torch_compile_fullgraph(name):
 @pytest.mark.parametrize('name', ATTENTION)
 def test_onnx_export(name, tmp_path):
     contract.check_onnx(factory(name), tmp_path)
+
+
+@pytest.mark.parametrize('name', REPLACEMENTS)
+def test_replaces_convs(name):
+    contract.check_replaces_conv(MODELS.get(name))

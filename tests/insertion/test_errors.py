@@ -29,8 +29,9 @@ def plugins(plugin_type):
 
 
 def test_sk_on_basic_blocks_names_the_pattern_of_its_config():
-    message = ("at='paper': SK's paper position 'replaces_mid_conv' (in place of the residual "
-               "branch's 3x3 conv) is not defined for ResNet (of this configuration); use "
+    message = ("at='paper': SK's paper position 'after_mid_norm' (after the residual "
+               "branch's 3x3 conv and its norm, before its activation (the plug-in form of a "
+               "replacement, e.g. SK)) is not defined for ResNet (of this configuration); use "
                "at='layer*.*.bn1' instead: a BasicBlock has no bottleneck 3x3 conv; its first "
                "3x3 conv's norm takes that role (as in "
                'configs/classification/resnet18/resnet18-sk_8xb32_in1k.py)')

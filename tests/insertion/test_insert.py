@@ -187,7 +187,7 @@ def test_patterns_and_composition():
     (dict(attention=dict(type='SE'), at='layer1.0.downsample'), 'matches no module'),
     (dict(attention=dict(type='SE', in_channels=64)), 'channels are inferred'),
     (dict(attention=dict(type='SE'), where='paper'), 'takes the keys'),
-    (dict(attention=dict(type='SK')), r"paper position 'replaces_mid_conv'.*not defined"),
+    (dict(attention=dict(type='SK')), r"paper position 'after_mid_norm'.*not defined"),
 ])
 def test_bad_insertions_explain_themselves(insertion, match):
     with pytest.raises(ValueError, match=match):

@@ -62,7 +62,7 @@ class SK(AttentionModule):
 
     family = 'branch'
     paper = 'Li et al., Selective Kernel Networks, CVPR 2019, arXiv:1903.06586'
-    paper_position = 'replaces_mid_conv'
+    paper_position = 'after_mid_norm'
     _abbr_ = 'sk'
 
     def __init__(self,
