@@ -26,7 +26,9 @@ class ConvReplacement(AttentionModule):
     * ``any_padding``: whether it reproduces any zero padding (a dynamic conv does); if not,
       the padding must be the size-keeping ``dilation * (kernel_size - 1) // 2``;
     * ``absorbs_norm``: the module ends with its own norm and activation, so the insertion
-      swaps the norm that followed the replaced conv for ``nn.Identity``;
+      swaps the norm that followed the replaced conv for ``nn.Identity``; the host's
+      activation (an in-place ReLU in mmpretrain's and mmdet's Bottleneck) then runs on the
+      module's output, so its last operation must not save its output for backward;
     * ``conv_init``: what :meth:`init_from_conv` does, in words (``''`` when it cannot: then
       ``no_conv_init`` says why).
 

@@ -14,6 +14,9 @@ pass the hosts' outputs through them, so:
 * an 'around' site (``at='layer1.1~layer1.2'``) gives its modules the output of the last
   module and the input of the first: a pre-hook on the first records it, a hook on the last
   applies the site.
+
+An insertion with ``replace=`` instead of ``at=`` replaces convolutions by modules built from
+their hyper-parameters (``replace.py``): the conv's keys go, the module's come.
 """
 import copy
 import inspect
@@ -25,9 +28,11 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import DefaultScope
 
 from ..attention.base import AttentionModule
+from ..attention.conv_replacement import ConvReplacement
 from ..registry import MODELS, register_model
 from .fusion import check_unfused, conv_norm_pairs
-from .places import candidate_message, resolve_places
+from .places import candidate_message, paper_places, resolve_places
+from .replace import replace_conv, resolve_convs
 from .site import (
     AROUND_SEP,
     INPUT_SUFFIX,
@@ -43,7 +48,7 @@ from .site import (
     host_of,
 )
 
-INSERTION_KEYS = ('attention', 'at', 'identity_init', 'layout')
+INSERTION_KEYS = ('attention', 'at', 'replace', 'identity_init', 'init_from_conv', 'layout')
 #: Default scopes of models with spatial targets (boxes, masks, keypoints).
 DENSE_TASK_SCOPES = ('mmdet', 'mmseg', 'mmyolo', 'mmrotate', 'mmpose')
 
@@ -66,7 +71,12 @@ def insert_attention(model: nn.Module,
             False: when True the attention is blended in by a zero-initialised gain, so the
             model computes exactly what it computed without it), ``layout`` (optional
             override of the inferred layout). Several insertions at one place apply in the
-            given order.
+            given order. An insertion of a conv-replacing module (``ConvReplacement``) gives
+            ``replace`` instead of ``at``: ``'paper'`` or path patterns of convs
+            (``'layer*.*.conv2'``); the module is built from each conv's hyper-parameters and
+            takes its place; ``init_from_conv=True`` initialises it from the conv's weights
+            (now, and when a checkpoint of the plain model is loaded) where its math allows,
+            and ``identity_init=True`` requires that it then computes exactly the conv.
         example_inputs: Inputs of one forward pass used to infer the channels and layouts
             of the hosts; by default an image of 224x224 (necks: maps of the ``in_channels``).
 
@@ -74,6 +84,24 @@ def insert_attention(model: nn.Module,
         ``model``, with an ``attention_sites`` ModuleDict.
     """
     plans = [_plan(model, dict(insertion)) for insertion in _checked_list(insertions)]
+    replacing = [plan for plan in plans if plan['replace']]
+    if replacing:
+        _sites_of(model)  # the model's attention lives under it (the report looks there)
+        taken = [p for plan in replacing for p in plan['paths']]
+        twice = sorted({p for p in taken if taken.count(p) > 1})
+        if twice:
+            raise ValueError(f'replace: {twice} named by more than one insertion (a conv is '
+                             'replaced once)')
+    for plan in replacing:
+        options = {k: v for k, v in plan['attention'].items() if k != 'type'}
+        for path in plan['paths']:
+            replace_conv(model, path, plan['cls'], options, plan['init_from_conv'],
+                         plan['identity_init'])
+    if replacing:  # a replacement in a frozen stage is frozen like the conv it replaced
+        for module in model.modules():
+            if callable(getattr(module, '_freeze_stages', None)):
+                module._freeze_stages()
+    plans = [plan for plan in plans if not plan['replace']]
     for plan in plans:  # before the model changes
         for path in plan['paths']:
             if AROUND_SEP in path:
@@ -174,6 +202,11 @@ def _plan(model: nn.Module, insertion: dict) -> dict:
     if not (isinstance(cls, type) and issubclass(cls, AttentionModule)):
         raise ValueError(f"insertion attention type {attention['type']!r} is not an "
                          'attention module of cvattn_mm')
+    if 'replace' in insertion or issubclass(cls, ConvReplacement):
+        return _replace_plan(model, insertion, attention, cls)
+    if insertion.get('init_from_conv'):
+        raise ValueError(f"insertion of {attention['type']}: init_from_conv is for modules "
+                         'that replace a conv (replace=)')
     scope = DefaultScope.get_current_instance()
     if cls.warps_geometry and scope is not None and scope.scope_name in DENSE_TASK_SCOPES:
         raise ValueError(
@@ -184,9 +217,34 @@ def _plan(model: nn.Module, insertion: dict) -> dict:
     layout = insertion.get('layout')
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f'insertion layout must be one of {tuple(LAYOUTS)}, got {layout!r}')
-    return dict(attention=attention, cls=cls, layout=layout,
+    return dict(attention=attention, cls=cls, layout=layout, replace=False,
                 identity_init=bool(insertion.get('identity_init', False)),
                 paths=resolve_places(model, insertion.get('at', 'paper'), cls))
+
+
+def _replace_plan(model: nn.Module, insertion: dict, attention: dict, cls: type) -> dict:
+    """The plan of a ``replace=`` insertion (a ConvReplacement, no ``at``/``layout``)."""
+    name = attention['type']
+    if not issubclass(cls, ConvReplacement):
+        raise ValueError(f'insertion of {name}: replace= takes modules that replace a conv '
+                         f'({", ".join(_replacement_names())}); {name} is inserted with at=')
+    if 'replace' not in insertion:
+        raise ValueError(f"insertion of {name}: it replaces convs, so the insertion names them "
+                         f"with replace= ('paper' or conv path patterns such as "
+                         f"'layer*.*.conv2'), not at=")
+    wrong = sorted({'at', 'layout'} & set(insertion))
+    if wrong:
+        raise ValueError(f'insertion of {name}: {wrong} are for inserted modules; a replacement '
+                         'takes the place and layout of the conv it replaces')
+    return dict(attention=attention, cls=cls, layout=None, replace=True,
+                identity_init=bool(insertion.get('identity_init', False)),
+                init_from_conv=bool(insertion.get('init_from_conv', False)),
+                paths=resolve_convs(model, insertion['replace'], cls, paper_places))
+
+
+def _replacement_names() -> List[str]:
+    return sorted(n for n, c in MODELS.module_dict.items()
+                  if isinstance(c, type) and issubclass(c, ConvReplacement))
 
 
 def _sites_of(model: nn.Module) -> nn.ModuleDict:

@@ -39,7 +39,7 @@ def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
         The matched paths, in the model's module order, without duplicates.
     """
     if at == 'paper':
-        return _paper_places(model, attention_cls)
+        return paper_places(model, attention_cls)
     patterns = [at] if isinstance(at, str) else at
     if not isinstance(patterns, (list, tuple)) or not patterns or \
             not all(isinstance(p, str) and p for p in patterns):
@@ -81,18 +81,20 @@ def _around_place(model: nn.Module, pattern: str, order: dict) -> str:
     return pattern
 
 
-def _paper_places(model: nn.Module, attention_cls: type) -> List[str]:
+def paper_places(model: nn.Module, attention_cls: type, key: str = 'at') -> List[str]:
+    """The places of ``attention_cls``'s paper position in ``model`` (a ValueError where its
+    family defines none; ``key`` names the insertion's key in the messages)."""
     position = attention_cls.paper_position
     if position == 'own_block':
         position = attention_cls.fallback_position
-        print_log(f"at='paper': {attention_cls.__name__}'s paper uses it only inside its own "
+        print_log(f"{key}='paper': {attention_cls.__name__}'s paper uses it only inside its own "
                   f"architecture; inserted at its fallback position '{position}' "
                   f'({PAPER_POSITIONS[position]}), which is not the paper\'s position',
                   logger='current', level=logging.WARNING)
     preset = find_preset(model)
     if preset is None:
         raise ValueError(
-            f"at='paper': no paper-position preset for {type(model).__name__} (presets exist "
+            f"{key}='paper': no paper-position preset for {type(model).__name__} (presets exist "
             f'for {", ".join(sorted(PAPER_PRESETS))}); give module-path patterns instead, '
             f'e.g. at=\'stages.*\'; {candidate_message(model, "stage")}')
     places = preset(model, position)
@@ -101,7 +103,7 @@ def _paper_places(model: nn.Module, attention_cls: type) -> List[str]:
         hint = (f"use at='{substitute[0]}' instead: {substitute[1]}" if substitute else
                 f'give module-path patterns instead; {candidate_message(model, "conv2")}')
         raise ValueError(
-            f"at='paper': {attention_cls.__name__}'s paper position '{position}' "
+            f"{key}='paper': {attention_cls.__name__}'s paper position '{position}' "
             f'({PAPER_POSITIONS[position]}) is not defined for {type(model).__name__} '
             f'(of this configuration); {hint}')
     return places

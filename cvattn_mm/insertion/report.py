@@ -1,13 +1,15 @@
 """What a model's attention is and where: one row per inserted module and per plug-in.
 
-Two mechanisms add attention to a model: ``InsertAttention`` (sites under
-``attention_sites``) and mmdet's/mmseg's ResNet ``plugins=`` (modules of the Bottleneck blocks,
-named in their ``after_conv{1,2,3}_plugin_names``). Both are listed, in forward order.
+Three mechanisms add attention to a model: ``InsertAttention`` with ``at=`` (sites under
+``attention_sites``) or ``replace=`` (modules in place of convs), and mmdet's/mmseg's ResNet
+``plugins=`` (modules of the Bottleneck blocks, named in their
+``after_conv{1,2,3}_plugin_names``). All are listed, in forward order.
 """
 from typing import Dict, List, Tuple
 
 import torch.nn as nn
 
+from ..attention.conv_replacement import ConvReplacement
 from .insert import SITES
 from .site import IdentityBlend
 
@@ -16,7 +18,8 @@ PLUGIN_POSITIONS = {f'after_conv{i}': f'conv{i}' for i in (1, 2, 3)}
 
 
 def insertion_rows(model: nn.Module) -> List[Dict]:
-    """Rows ``module, path, via, channels, layout, attention, name, identity_init, params``.
+    """Rows ``module, path, via, channels, layout, attention, name, identity_init, params,
+    replaced_params``.
 
     ``module`` is the path of the module that the config gives the attention to (the
     ``module`` of an ``InsertAttention``, the ResNet with ``plugins=``; ``''`` for ``model``
@@ -33,6 +36,7 @@ def insertion_rows(model: nn.Module) -> List[Dict]:
         sites = getattr(module, SITES, None)
         if isinstance(sites, nn.ModuleDict):
             rows += _site_rows(prefix, sites)
+            rows += _replacement_rows(prefix, module)
         rows += _plugin_rows(model, prefix, module)
     return [row for _, row in sorted(rows, key=lambda r: order[r[0]])]
 
@@ -47,7 +51,24 @@ def _site_rows(prefix: str, sites: nn.ModuleDict) -> List[Tuple[str, Dict]]:
             rows.append((_join(prefix, site.host_path), dict(
                 module=prefix, path=site.path, via='insertions', channels=site.channels,
                 layout=site.layout, attention=type(inner).__name__, name=name,
-                identity_init=blended, params=_count(attention))))
+                identity_init=blended, params=_count(attention), replaced_params=0)))
+    return rows
+
+
+def _replacement_rows(prefix: str, owner: nn.Module) -> List[Tuple[str, Dict]]:
+    """``(path in the model, row)`` for every module of ``owner`` that replaced a conv."""
+    rows = []
+    for path, module in owner.named_modules():
+        replaced = module.__dict__.get('replaced') if isinstance(module, ConvReplacement) \
+            else None
+        if replaced is None:
+            continue
+        via = f'replaces {replaced["conv"]}' + (
+            f' and {replaced["norm"]}' if replaced['norm'] else '')
+        rows.append((_join(prefix, path), dict(
+            module=prefix, path=path, via=via, channels=module.in_channels, layout='nchw',
+            attention=type(module).__name__, name=module._abbr_, identity_init=False,
+            params=_count(module), replaced_params=replaced['params'])))
     return rows
 
 
@@ -62,7 +83,7 @@ def _plugin_rows(model: nn.Module, prefix: str, block: nn.Module) -> List[Tuple[
                 module=owner, path=full[len(owner) + 1:] if owner else full,
                 via=f'plugins {position}', channels=getattr(block, conv).out_channels,
                 layout='nchw', attention=type(plugin).__name__, name=name,
-                identity_init=False, params=_count(plugin))))
+                identity_init=False, params=_count(plugin), replaced_params=0)))
     return rows
 
 
@@ -102,12 +123,16 @@ def format_rows(rows: List[Dict], total_params: int) -> str:
     lines = ['  '.join([cell.rjust(w) if i in right else cell.ljust(w)
                         for i, (cell, w) in enumerate(zip(row, widths))] + [row[-1]])
              for row in [header] + cells]
-    added = sum(r['params'] for r in rows)
-    plugins = sum(r['via'] != 'insertions' for r in rows)
-    lines.append(f'{len(rows)} attention modules ({len(rows) - plugins} inserted, {plugins} '
-                 f'plug-ins), {added:,d} parameters added; model {total_params:,d} parameters '
-                 f'({total_params - added:,d} without attention)')
+    added = sum(r['params'] - r['replaced_params'] for r in rows)
+    plugins = sum(r['via'].startswith('plugins') for r in rows)
+    replacing = sum(r['via'].startswith('replaces') for r in rows)
+    kinds = [f'{len(rows) - plugins - replacing} inserted'] + \
+        ([f'{replacing} replacing convs'] if replacing else []) + [f'{plugins} plug-ins']
+    lines.append(f'{len(rows)} attention modules ({", ".join(kinds)}), {added:,d} parameters '
+                 f'added; model {total_params:,d} parameters ({total_params - added:,d} '
+                 'without attention)')
     if plugins < len(rows):
         lines.append("paths of inserted modules are relative to their module: paste them "
-                     "into at= of that module's InsertAttention")
+                     "into at= (replace= for replacing modules) of that module's "
+                     'InsertAttention')
     return '\n'.join(lines)

@@ -297,7 +297,9 @@ def conv_geometries(cls, channels):
 
 def check_replaces_conv(cls, channels=64, **options):
     """Built from convs of several geometries (:func:`conv_geometries`), the module gives
-    the conv's output shape on even, odd, non-square and 1x1 maps, and gradients."""
+    the conv's output shape on even, odd, non-square and 1x1 maps, and gradients (for modules
+    that absorb the norm, also after an in-place ReLU on the output, as the host's
+    Bottleneck applies one after the now Identity norm)."""
     for conv in conv_geometries(cls, channels):
         module = perturb_parameters(cls.from_conv(conv, **options).to(DEVICE))
         for size in [(8, 8), (7, 7), (13, 17), (1, 1)]:
@@ -308,6 +310,8 @@ def check_replaces_conv(cls, channels=64, **options):
             expected = conv.to(DEVICE)(x).shape
             assert y.shape == expected, f'{conv} at {size}: {tuple(y.shape)} != {tuple(expected)}'
             assert torch.isfinite(y).all(), f'{conv} at {size}: non-finite output'
+            if cls.absorbs_norm:  # the host's in-place activation then runs on the output
+                torch.relu_(y)
             y.square().mean().backward()
             assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, f'{conv} at {size}'
 

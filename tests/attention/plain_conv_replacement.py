@@ -40,8 +40,10 @@ class PlainConvReplacement(ConvReplacement):
 
 
 class AbsorbingConvReplacement(PlainConvReplacement):
-    """:class:`PlainConvReplacement` followed by its own BN and ReLU: absorbs the host norm
-    (arXiv:1512.03385)."""
+    """:class:`PlainConvReplacement` followed by its own BN and a ReLU: absorbs the host norm
+    (arXiv:1512.03385). The ReLU is a clamp, which saves its input, not its output, for
+    backward: the host's in-place ReLU after the (now Identity) norm may modify the output.
+    """
 
     _abbr_ = 'absorbing_conv'
     absorbs_norm = True
@@ -51,10 +53,9 @@ class AbsorbingConvReplacement(PlainConvReplacement):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, init_cfg=init_cfg)
         self.norm = nn.BatchNorm2d(self.out_channels)
-        self.act = nn.ReLU()
 
     def forward(self, x):
-        return self.act(self.norm(super().forward(x)))
+        return self.norm(super().forward(x)).clamp(min=0)
 
     def init_from_conv(self, conv, norm=None):
         super().init_from_conv(conv)

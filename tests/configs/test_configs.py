@@ -231,12 +231,15 @@ def test_csra_config_replaces_pooling_and_head():
 
 
 def test_every_registered_module_has_a_resnet50_config_at_its_paper_position():
-    """The README promises a ResNet-50 classification config for every module."""
+    """The README promises a classification config for every module: ResNet-50, or the
+    paper's base (ResNeXt-50 for SKConv), at its paper position (or replacing its paper's
+    convs)."""
     from cvattn_mm.attention.catalog import attention_classes
     at_paper = set()
-    for path in glob.glob(osp.join(ROOT, 'configs/classification/resnet50/*.py')):
+    for path in glob.glob(osp.join(ROOT, 'configs/classification/resne*50/*.py')):
         insertions = load(osp.relpath(path, ROOT)).model.backbone.get('insertions', [])
-        at_paper |= {i['attention']['type'] for i in insertions if i.get('at') == 'paper'}
+        at_paper |= {i['attention']['type'] for i in insertions
+                     if i.get('at') == 'paper' or i.get('replace') == 'paper'}
     missing = set(attention_classes()) - at_paper
     # FCA/GatherExcite/GSoP's official configs set per-stage options with explicit places;
     # their default configs are at='paper'

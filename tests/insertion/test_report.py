@@ -64,7 +64,8 @@ def test_table_rows_and_totals():
     assert lines[-2] == ('8 attention modules (2 inserted, 6 plug-ins), 36,764 parameters '
                          'added; model 1,000,000 parameters (963,236 without attention)')
     assert lines[-1] == ('paths of inserted modules are relative to their module: paste them '
-                         "into at= of that module's InsertAttention")
+                         "into at= (replace= for replacing modules) of that module's "
+                         'InsertAttention')
 
 
 def test_plugins_alone_and_the_model_itself():
