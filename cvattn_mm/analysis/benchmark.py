@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
+from ..attention.conv_replacement import ConvReplacement
 from ..insertion import insert_attention
 from ..registry import MODELS
 from .complexity import count_flops, count_params
@@ -40,6 +41,8 @@ from .device import DeviceLike, peak_memory_since_reset, reset_peak_memory, sync
 from .peers import Peer, build_pair, copy_weights, randomize
 
 MB = 2**20
+#: The figures that ratios compare.
+MODEL_KEYS = ('params', 'flops', 'forward_ms', 'forward_backward_ms', 'peak_memory_mb')
 
 
 @dataclass(frozen=True)
@@ -214,17 +217,32 @@ def benchmark_module(name: str, shape: Sequence[int], timing: Timing = Timing(),
     """One registered attention module (default hyper-parameters updated by ``cfg``) on
     an input of ``shape`` (N, C, H, W), both on ``device``.
 
+    A module that replaces a conv (:class:`ConvReplacement`, built with in = out channels and
+    stride 1) is timed interleaved with that conv (``nn.Conv2d`` of its kernel size, bias-free).
+
     Returns:
         dict: ``module``, ``shape``, ``status`` ('ok' or 'skipped'), ``reason`` and, when
         measured, ``params``, ``flops``, ``forward_ms``, ``forward_backward_ms`` (dicts of
-        :func:`summarize`) and ``peak_memory_mb``.
+        :func:`summarize`) and ``peak_memory_mb``; for conv replacements also
+        ``replaced_conv`` (the same for the conv) and ``ratio_to_conv`` (module / conv for
+        ``params``, ``flops``, ``forward_ms``, ``forward_backward_ms``, ``peak_memory_mb``;
+        latencies by their medians).
     """
     record = dict(module=name, shape=list(shape), status='ok', reason=None)
     module = MODELS.build(dict(type=name, in_channels=shape[1], **cfg)).to(device)
-    reason = memory_guard([module], shape, timing.max_memory_gb, device)
+    modules = [module]
+    if isinstance(module, ConvReplacement):
+        modules.append(nn.Conv2d(shape[1], shape[1], module.kernel_size, padding=module.padding,
+                                 bias=False).to(device))
+    reason = memory_guard(modules, shape, timing.max_memory_gb, device)
     if reason:
         return dict(record, status='skipped', reason=reason)
-    record.update(_measure([module], _input(shape, device), timing)[0])
+    measured = _measure(modules, _input(shape, device), timing)
+    record.update(measured[0])
+    if len(measured) == 2:
+        record['replaced_conv'] = measured[1]
+        record['ratio_to_conv'] = {key: _value(measured[0], key) / _value(measured[1], key)
+                                   for key in MODEL_KEYS}
     return record
 
 
@@ -285,16 +303,16 @@ def benchmark_model(name: str, plain: nn.Module, input_shape: Sequence[int] = (1
         ``ratios`` (with attention / plain, for each of them; latencies by their medians).
     """
     x = _input(input_shape, device)
+    where = 'replace' if issubclass(MODELS.get(name), ConvReplacement) else 'at'
     model = insert_attention(build_resnet(depth).to(device),
-                             [dict(attention=dict(type=name), at='paper')],
+                             [{'attention': dict(type=name), where: 'paper'}],
                              example_inputs=(x, )).to(device)  # the new sites too
     record = dict(model=f'ResNet-{depth}', module=name, input=list(input_shape), status='ok',
                   reason=None)
     ours, base = _measure([model, plain], x, timing, input_grad=False)
-    record.update(ours, plain=base, sites=len(model.attention_sites))
-    record['ratios'] = {
-        key: _value(ours, key) / _value(base, key)
-        for key in ('params', 'flops', 'forward_ms', 'forward_backward_ms', 'peak_memory_mb')}
+    replaced = sum(isinstance(m, ConvReplacement) for m in model.modules())
+    record.update(ours, plain=base, sites=len(model.attention_sites) + replaced)
+    record['ratios'] = {key: _value(ours, key) / _value(base, key) for key in MODEL_KEYS}
     return record
 
 

@@ -139,6 +139,21 @@ def module_table(records, repeats: int) -> list:
     return lines
 
 
+def conv_table(records, repeats: int) -> list:
+    """Conv-replacing modules against the conv they replace (timed interleaved)."""
+    head = ['module', 'input', 'conv forward ms', 'ratio', 'conv fwd+bwd ms', 'ratio',
+            'conv peak MiB', 'ratio', 'params ratio', 'FLOPs ratio']
+    lines = _table_head(head)
+    for r in records:
+        c, q = r['replaced_conv'], r['ratio_to_conv']
+        lines.append('| ' + ' | '.join([
+            r['module'], shape_str(r['shape']), median(c['forward_ms'], repeats),
+            f'{q["forward_ms"]:.2f}', median(c['forward_backward_ms'], repeats),
+            f'{q["forward_backward_ms"]:.2f}', f'{c["peak_memory_mb"]:.1f}',
+            f'{q["peak_memory_mb"]:.2f}', f'{q["params"]:.2f}', f'{q["flops"]:.2f}']) + ' |')
+    return lines
+
+
 def peer_table(records, repeats: int) -> list:
     head = ['module', 'peer', 'input', 'params ours / theirs', 'FLOPs ours / theirs',
             'max rel. diff', 'forward ms ours / theirs', 'ratio', 'fwd+bwd ms ours / theirs',
@@ -238,6 +253,12 @@ def markdown(results: dict) -> str:
         '(one multiply-add = 1; element-wise ops not counted).', '']
     if results['modules']:
         lines += ['## Modules', ''] + module_table(results['modules'], m['repeats']) + ['']
+        replacing = [r for r in results['modules'] if r['status'] == 'ok' and 'ratio_to_conv' in r]
+        if replacing:
+            lines += ['## Conv-replacing modules against the conv they replace', '',
+                      'The bias-free conv of the same kernel size, in = out channels, stride 1, '
+                      'timed interleaved with the module; ratio = module / conv (medians).', '']
+            lines += conv_table(replacing, m['repeats']) + ['']
     if results['peers']:
         lines += ['## Side by side with public implementations', '',
                   'Ours with the hyper-parameters of the pair, the peer holding our weights; '

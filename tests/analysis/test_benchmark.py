@@ -302,3 +302,22 @@ def test_every_case_gets_the_device(monkeypatch):
     device = torch.device('meta')
     benchmark.run_benchmark(['SE'], [(1, 8, 4, 4)], model_input=(1, 3, 8, 8), device=device)
     assert devices == [device, device, (device, device)]  # SE, timm's SE, the model
+
+
+def test_conv_replacements_are_timed_against_the_conv_they_replace():
+    from cvattn_mm.analysis.benchmark_command import conv_table
+    from cvattn_mm.registry import MODELS
+
+    from ..attention.plain_conv_replacement import PlainConvReplacement
+    MODELS.register_module(module=PlainConvReplacement)
+    try:
+        record = benchmark_module('PlainConvReplacement', (1, 8, 6, 6), Timing(2, 1))
+    finally:
+        MODELS.module_dict.pop('PlainConvReplacement')
+    conv = record['replaced_conv']
+    assert conv['params'] == record['params'] == 8 * 8 * 9
+    assert record['ratio_to_conv']['params'] == record['ratio_to_conv']['flops'] == 1
+    assert record['ratio_to_conv']['forward_ms'] == pytest.approx(
+        record['forward_ms']['median'] / conv['forward_ms']['median'])
+    row = conv_table([record], 2)[-1].split(' | ')
+    assert row[0] == '| PlainConvReplacement' and row[-2:] == ['1.00', '1.00 |']
