@@ -1494,6 +1494,113 @@ def _lska(ours):
     return LSKAReference(ours.in_channels, *LSKA_KERNELS[ours.k_size])
 
 
+# --- AgentAttention --------------------------------------------------------------------
+
+
+class AgentAttentionReference(nn.Module):
+    """Agent attention as in the official ``LeapLabTHU/Agent-Attention``
+    ``agent_transformer/models/agent_pvt.py`` (``AgentAttention`` at 207ce3e): tokens, q and
+    kv linears (kv from a strided conv + LN with ``sr_ratio`` > 1), agents = q pooled to
+    sqrt(n) x sqrt(n), the two biased softmaxes, the depthwise 3x3 on v, the output linear.
+    The official code runs at its construction size only (its per-row / per-column tables
+    have the window's size); on other sizes the reference resizes them to the map as our
+    size policy does (linearly, written as a bilinear resize of a map with a unit axis), and
+    zero-pads a map side smaller than ``sr_ratio`` to it.
+
+    Args:
+        dim (int): C.
+        heads, agents, sr_ratio (int): h, n and r.
+        qkv_bias (bool): Biases of q and kv.
+        size (int): The side s of the window the tables are built for.
+    """
+
+    def __init__(self, dim: int, heads: int, agents: int, sr_ratio: int, qkv_bias: bool,
+                 size: int):
+        super().__init__()
+        self.heads, self.agents, self.sr_ratio = heads, agents, sr_ratio
+        self.scale = (dim // heads) ** -0.5
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+        self.dwc = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        sk = size // sr_ratio
+        self.an_bias = nn.Parameter(torch.zeros(heads, agents, 7, 7))
+        self.na_bias = nn.Parameter(torch.zeros(heads, agents, 7, 7))
+        self.ah_bias = nn.Parameter(torch.zeros(1, heads, agents, sk, 1))
+        self.aw_bias = nn.Parameter(torch.zeros(1, heads, agents, 1, sk))
+        self.ha_bias = nn.Parameter(torch.zeros(1, heads, size, 1, agents))
+        self.wa_bias = nn.Parameter(torch.zeros(1, heads, 1, size, agents))
+        self.pool = nn.AdaptiveAvgPool2d(int(agents ** 0.5))
+
+    @staticmethod
+    def _resized(table: torch.Tensor, size) -> torch.Tensor:
+        """A (1, h, a, b, c) table with b, c resized to ``size`` (one of them is 1)."""
+        if tuple(table.shape[3:]) == tuple(size):
+            return table
+        _, h, a, b, c = table.shape
+        out = F.interpolate(table.reshape(1, h * a, b, c), size=size, mode='bilinear',
+                            align_corners=False)
+        return out.reshape(1, h, a, *size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, H, W = x.shape
+        h, a, r = self.heads, self.agents, self.sr_ratio
+        n = H * W
+        tokens = x.flatten(2).transpose(1, 2)
+        q = self.q(tokens)
+        if r > 1:
+            x_ = F.pad(x, (0, max(r - W, 0), 0, max(r - H, 0)))
+            x_ = self.sr(x_)
+            hk, wk = x_.shape[2:]
+            kv = self.kv(self.norm(x_.reshape(b, c, -1).permute(0, 2, 1)))
+        else:
+            hk, wk = H, W
+            kv = self.kv(tokens)
+        kv = kv.reshape(b, -1, 2, c).permute(2, 0, 1, 3)
+        k, v = kv[0], kv[1]
+        agent = self.pool(q.reshape(b, H, W, c).permute(0, 3, 1, 2)).reshape(b, c, -1)
+        agent = agent.permute(0, 2, 1).reshape(b, a, h, c // h).permute(0, 2, 1, 3)
+        q = q.reshape(b, n, h, c // h).permute(0, 2, 1, 3)
+        k = k.reshape(b, -1, h, c // h).permute(0, 2, 1, 3)
+        v = v.reshape(b, -1, h, c // h).permute(0, 2, 1, 3)
+        # the tables (1, h, a, hk, 1) and (1, h, a, 1, wk) move their spatial axis into b, c
+        ah = self._resized(self.ah_bias, (hk, 1))
+        aw = self._resized(self.aw_bias, (1, wk))
+        ha = self._resized(self.ha_bias.permute(0, 1, 4, 2, 3), (H, 1)).permute(0, 1, 3, 4, 2)
+        wa = self._resized(self.wa_bias.permute(0, 1, 4, 2, 3), (1, W)).permute(0, 1, 3, 4, 2)
+        bias1 = F.interpolate(self.an_bias, size=(hk, wk), mode='bilinear')
+        bias1 = bias1.reshape(1, h, a, -1) + (ah + aw).reshape(1, h, a, -1)
+        agent_attn = ((agent * self.scale) @ k.transpose(-2, -1) + bias1).softmax(-1)
+        agent_v = agent_attn @ v
+        bias2 = F.interpolate(self.na_bias, size=(H, W), mode='bilinear')
+        bias2 = bias2.reshape(1, h, a, -1).permute(0, 1, 3, 2) + (ha + wa).reshape(1, h, -1, a)
+        q_attn = ((q * self.scale) @ agent.transpose(-2, -1) + bias2).softmax(-1)
+        out = (q_attn @ agent_v).transpose(1, 2).reshape(b, n, c)
+        v = v.transpose(1, 2).reshape(b, hk, wk, c).permute(0, 3, 1, 2)
+        if r > 1:
+            v = F.interpolate(v, size=(H, W), mode='bilinear')
+        out = self.proj(out + self.dwc(v).permute(0, 2, 3, 1).reshape(b, n, c))
+        return out.transpose(1, 2).reshape(b, c, H, W)
+
+
+def _agent(ours):
+    return AgentAttentionReference(ours.in_channels, ours.num_heads, ours.agent_num,
+                                   ours.sr_ratio, ours.qkv_bias, ours.bias_size)
+
+
+def _agent_state(ours):
+    state = dict(ours.state_dict())
+    h, a = ours.num_heads, ours.agent_num
+    state['ah_bias'] = state['ah_bias'].reshape(1, h, a, -1, 1)
+    state['aw_bias'] = state['aw_bias'].reshape(1, h, a, 1, -1)
+    state['ha_bias'] = state['ha_bias'].reshape(1, h, -1, 1, a)
+    state['wa_bias'] = state['wa_bias'].reshape(1, h, 1, -1, a)
+    return state
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1637,6 +1744,13 @@ REFERENCES: List[Peer] = [
     reference('LSKA', 'StevenLauHKHK/Large-Separable-Kernel-Attention models/van.py', _lska,
               lambda ours: dict(ours.state_dict()),
               differences='None (the same convolutions, keys and ops).'),
+    reference('AgentAttention', 'LeapLabTHU/Agent-Attention agent_transformer/models/'
+              'agent_pvt.py', _agent, _agent_state,
+              differences='None at H = W = bias_size (the same layers and ops; the official '
+              'code runs at that size only, its row / column tables stored with unit axes, '
+              'ours without). On other sizes the reference resizes those tables as a '
+              'bilinear resize with a unit axis, ours as a linear one (the same values), and '
+              'both zero-pad a side smaller than sr_ratio.'),
 ]
 
 

@@ -48,6 +48,10 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
      (5, 7)),
     ('SpatialTransformer', dict(), (1, 1)),
     ('ResidualAttentionMask', dict(levels=3), (16, 15)),  # 7x7, 3x3, 1x1: every level pooled
+    ('AgentAttention', dict(bias_size=8), (8, 8)),  # the official size: nothing resized
+    ('AgentAttention', dict(num_heads=2, agent_num=9, sr_ratio=2, qkv_bias=True, bias_size=8),
+     (9, 6)),
+    ('AgentAttention', dict(num_heads=4, agent_num=4, sr_ratio=2), (1, 3)),
 ]
 
 

@@ -1,4 +1,5 @@
 """Spatial attention: reweighting or aggregating positions, incl. self-attention."""
+from .agent_attention import AgentAttention
 from .deformable_attention import DeformableAttention2D
 from .double_attention import DoubleAttention
 from .emau import EMAU
@@ -13,7 +14,8 @@ from .rcca import RCCA
 from .sge import SGE
 from .spatial_transformer import SpatialTransformer
 
-__all__ = ['DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
+__all__ = ['AgentAttention',
+           'DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
            'LSKA', 'LSKBlock',
            'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
            'RCCA',
