@@ -7,7 +7,7 @@ function (its hyper-parameters chosen to match), and maps our state dict onto th
 side by side.
 
 Peers: timm (``SEModule``, ``EcaModule``, ``CbamModule``, ``GlobalContext``,
-``SelectiveKernel``, ``NonLocalAttn``, ``CoordAttn``, ``GatherExcite``,
+``SelectiveKernel`` (for SK and SKConv), ``NonLocalAttn``, ``CoordAttn``, ``GatherExcite``,
 ``EfficientLocalAttn``), mmcv
 (``ContextBlock``, ``NonLocal2d``), mmseg (``PAM``, ``CAM`` of ``da_head``: DualAttention's
 branches alone) and lucidrains' ``deformable-attention`` (``DeformableAttention2D``).
@@ -190,6 +190,27 @@ def _timm_sk_state(ours):
     for i in range(ours.num_branches):
         renames[f'branches.{i}.0.'] = f'paths.{i}.conv.'
         renames[f'branches.{i}.1.'] = f'paths.{i}.bn.'
+    return _renamed(ours.state_dict(), renames)
+
+
+def _timm_sk_conv(ours):
+    from timm.layers import SelectiveKernel
+    if ours.with_bias or not isinstance(ours.branches[0].norm, nn.BatchNorm2d):
+        raise ValueError("timm's SelectiveKernel has bias-free branch convs and BNs: the pair "
+                         'needs bias=False and a BN norm_cfg')
+    sizes = [2 * i + 1 for i in range(1, ours.num_branches + 1)]  # 3x3 with dilation i * d
+    return SelectiveKernel(ours.in_channels, ours.out_channels, kernel_size=sizes,
+                           stride=ours.stride, dilation=ours.dilation,
+                           groups=ours.branch_groups, rd_channels=ours.hidden, keep_3x3=True,
+                           split_input=False)
+
+
+def _timm_sk_conv_state(ours):
+    renames = {'fc_reduce.': 'attn.fc_reduce.', 'fc_norm.': 'attn.bn.',
+               'fc_select.': 'attn.fc_select.'}
+    for i in range(ours.num_branches):
+        renames[f'branches.{i}.conv.'] = f'paths.{i}.conv.'
+        renames[f'branches.{i}.norm.'] = f'paths.{i}.bn.'
     return _renamed(ours.state_dict(), renames)
 
 
@@ -481,6 +502,12 @@ PEERS: List[Peer] = [
     Peer('SK', 'timm SelectiveKernel', 'timm', _timm_sk, _timm_sk_state,
          differences='timm splits the input channels across the branches by default; the pair '
          'sets split_input=False (each branch sees all channels, as in the paper).'),
+    Peer('SKConv', 'timm SelectiveKernel (conv)', 'timm', _timm_sk_conv, _timm_sk_conv_state,
+         ours_cfg=lambda in_channels: dict(groups=32),
+         differences="timm's defaults split the input channels across the branches, use dense "
+         'branches and a fuse width make_divisible(C / 16, 8) without the floor 32; the pair '
+         'sets split_input=False, groups=G (32, the replaced conv of ResNeXt-50 32x4d) and '
+         'rd_channels=max(C // 16, 32), and takes stride, dilation and out_channels from ours.'),
     Peer('NonLocalBlock', 'timm NonLocalAttn', 'timm', _timm_non_local, _timm_non_local_state,
          ours_cfg=lambda in_channels: dict(use_scale=False),
          differences='timm scales the logits by 1/sqrt(C) where ours (and the official code) '

@@ -21,6 +21,9 @@ VARIANTS = [
     ('mmcv ContextBlock', dict(fusions=('add', 'mul'), reduction=8), (5, 7)),
     ('mmcv ContextBlock', dict(pooling='avg', fusions='mul'), (5, 7)),
     ('timm SelectiveKernel', dict(num_branches=3, groups=16, min_channels=8), (5, 7)),
+    ('timm SelectiveKernel (conv)', dict(stride=2, out_channels=128), (7, 9)),
+    ('timm SelectiveKernel (conv)', dict(dilation=2, num_branches=3, groups=16, min_channels=8),
+     (5, 7)),
     ('timm NonLocalAttn', dict(reduction=4), (5, 7)),
     ('mmcv NonLocal2d', dict(mode='dot_product'), (5, 7)),
     ('mmcv NonLocal2d', dict(mode='gaussian'), (5, 7)),
@@ -92,7 +95,7 @@ def test_peers_cover_the_modules_with_public_implementations():
     assert {p.module for p in PEERS} == {'SE', 'ECA', 'CBAM', 'GC', 'SK', 'NonLocalBlock',
                                          'CoordAttention', 'DeformableAttention2D',
                                          'GatherExcite', 'RCCA', 'DualAttention',
-                                         'EMAU', 'ELA', 'LKA'}
+                                         'EMAU', 'ELA', 'LKA', 'SKConv'}
     assert set(p.module for p in PEERS) <= set(attention_classes())
     assert [p.name for p in peers_of('GC')] == ['timm GlobalContext', 'mmcv ContextBlock']
     assert all(p.differences for p in PEERS)

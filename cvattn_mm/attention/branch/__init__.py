@@ -1,4 +1,5 @@
 """Branch attention: a soft selection among parallel branches."""
 from .sk import SK
+from .sk_conv import SKConv
 
-__all__ = ['SK']
+__all__ = ['SK', 'SKConv']
