@@ -1601,6 +1601,85 @@ def _agent_state(ours):
     return state
 
 
+# --- PyramidSplitAttention -------------------------------------------------------------
+
+
+class _SEWeightReference(nn.Module):
+    """The official ``SEWeightModule``'s layout: average pool, 1x1 conv, ReLU, 1x1 conv,
+    sigmoid (the weights, not their product with the input)."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+
+
+class PyramidSplitAttentionReference(nn.Module):
+    """PSA as in the official ``murufeng/EPSANet``, ``models/epsanet.py`` (``PSAModule``) and
+    ``models/SE_weight_module.py`` at 9955041: four convs ``conv_1`` .. ``conv_4`` (C_in ->
+    C / 4, padding k // 2, no bias) run one by one and concatenated; the shared SE module
+    called once per branch; the four weight vectors concatenated, viewed as (N, 4, C / 4)
+    and soft-maxed over the branches; the weighted branches concatenated by prepending each
+    to the previous ones (branch 4 first).
+
+    Args:
+        in_channels, out_channels (int): C_in and C.
+        stride (int): The stride of every branch.
+        conv_kernels, conv_groups (sequence of int): The official arguments.
+        reduction (int): The SE reduction (16 in the official ``PSAModule``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, conv_kernels,
+                 conv_groups, reduction: int = 16):
+        super().__init__()
+        self.split_channel = out_channels // 4
+        for i, (k, g) in enumerate(zip(conv_kernels, conv_groups)):
+            self.add_module(f'conv_{i + 1}', nn.Conv2d(in_channels, self.split_channel, k,
+                                                       stride, k // 2, groups=g, bias=False))
+        self.se = _SEWeightReference(self.split_channel, reduction)
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        xs = [self.conv_1(x), self.conv_2(x), self.conv_3(x), self.conv_4(x)]
+        feats = torch.cat(xs, 1)
+        feats = feats.view(n, 4, self.split_channel, *feats.shape[2:])
+        weights = torch.cat([self.se(f) for f in xs], 1).view(n, 4, self.split_channel, 1, 1)
+        weighted = feats * self.softmax(weights)
+        out = weighted[:, 0]
+        for i in range(1, 4):
+            out = torch.cat((weighted[:, i], out), 1)
+        return out
+
+
+def _pyramid_split_attention(ours):
+    _require(ours.num_branches == 4 and ours.concat_order == 'official', ours,
+             "4 branches and concat_order='official'")
+    return PyramidSplitAttentionReference(ours.in_channels, ours.out_channels, ours.stride,
+                                          ours.conv_kernels, ours.conv_groups, ours.reduction)
+
+
+def _pyramid_split_attention_state(ours):
+    state = {f'conv_{i + 1}.weight': b.weight for i, b in enumerate(ours.branches)}
+    state.update({'se.fc1.weight': ours.se_reduce.weight, 'se.fc1.bias': ours.se_reduce.bias,
+                  'se.fc2.weight': ours.se_expand.weight, 'se.fc2.bias': ours.se_expand.bias})
+    return state
+
+
+def _pyramid_split_attention_cfg(in_channels):
+    """The official order; below C = 64 (C / 4 < 16: test widths) groups and an SE reduction
+    that fit, as the official groups (1, 4, 8, 16) and reduction 16 need C / 4 >= 16."""
+    if in_channels >= 64:
+        return dict(concat_order='official')
+    return dict(concat_order='official', conv_groups=(1, 2, 4, 8), reduction=4)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1751,6 +1830,16 @@ REFERENCES: List[Peer] = [
               'ours without). On other sizes the reference resizes those tables as a '
               'bilinear resize with a unit axis, ours as a linear one (the same values), and '
               'both zero-pad a side smaller than sr_ratio.'),
+    reference('PyramidSplitAttention', 'murufeng/EPSANet models/epsanet.py, '
+              'models/SE_weight_module.py', _pyramid_split_attention,
+              _pyramid_split_attention_state, ours_cfg=_pyramid_split_attention_cfg,
+              differences="The pair builds ours with concat_order='official' (branch 4 first; "
+              "ours defaults to the paper's order, branch 1 first). The official code runs "
+              'the shared SE once per branch and concatenates twice (the branch outputs, '
+              'then the weighted branches one by one); ours stacks the branch outputs once, '
+              'runs the SE once on the four pooled vectors and multiplies once. Below C = 64 '
+              'the pair uses groups (1, 2, 4, 8) and SE reduction 4 (the official ones need '
+              'C / 4 >= 16).'),
 ]
 
 

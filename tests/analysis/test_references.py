@@ -52,6 +52,8 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('AgentAttention', dict(num_heads=2, agent_num=9, sr_ratio=2, qkv_bias=True, bias_size=8),
      (9, 6)),
     ('AgentAttention', dict(num_heads=4, agent_num=4, sr_ratio=2), (1, 3)),
+    ('PyramidSplitAttention', dict(conv_kernels=(3, 3, 5, 5), reduction=2), (5, 7)),
+    ('PyramidSplitAttention', dict(conv_kernels=(1, 3, 5, 7)), (1, 1)),
 ]
 
 
@@ -125,6 +127,7 @@ def test_every_module_has_a_peer_or_a_reference():
     ('SRM', dict(variance='biased'), "variance='unbiased'"),
     ('GSoP', dict(mode='position'), "mode='channel'"),
     ('SpatialTransformer', dict(transform='attention'), "transform='affine'"),
+    ('PyramidSplitAttention', dict(concat_order='paper'), "concat_order='official'"),
 ])
 def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     with pytest.raises(ValueError, match=match):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from mmengine.registry import DefaultScope
 
-from cvattn_mm.attention import AttentionModule
+from cvattn_mm.attention import AttentionModule, ConvReplacement
 from cvattn_mm.attention.catalog import attention_classes
 from cvattn_mm.registry import MODELS
 from cvattn_mm.visualization import KINDS, AttentionMap, capture_attention_maps, extract_maps
@@ -15,7 +15,8 @@ CHANNELS = 32
 #: Module arguments for small inputs and for the narrow ResNet-18 (8 to 64 channels).
 SMALL = dict(GC=dict(reduction=4), DeformableAttention2D=dict(dim_head=8, heads=4),
              SK=dict(groups=4, min_channels=4),
-             EfficientMultiScaleAttention=dict(factor=4))
+             EfficientMultiScaleAttention=dict(factor=4),
+             PyramidSplitAttention=dict(conv_groups=(1, 2, 2, 4), reduction=4))
 MAPPED = sorted(attention_classes())
 
 
@@ -84,10 +85,21 @@ def test_bad_map_is_rejected():
         AttentionMap('spatial', torch.zeros(1, 4), 'x')
 
 
-def resnet18(name, **kwargs):
+def resnet18_insertion(name):
+    """The insertion of ``name`` in a ResNet-18: at its paper position; SK after the second
+    norm and the conv replacements in place of every ``conv2`` (BasicBlocks have neither a
+    Bottleneck's 3x3 conv nor a paper preset for replacements)."""
     insertion = dict(attention=dict(type=name, **SMALL.get(name, {})), at='paper')
     if name == 'SK':  # no paper position in BasicBlocks: after their second norm
         insertion['at'] = 'layer*.*.bn2'
+    if issubclass(attention_classes()[name], ConvReplacement):
+        del insertion['at']
+        insertion['replace'] = 'layer*.*.conv2'
+    return insertion
+
+
+def resnet18(name, **kwargs):
+    insertion = resnet18_insertion(name)
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         return MODELS.build(dict(type='InsertAttention', insertions=[insertion], module=dict(

@@ -20,7 +20,7 @@ from cvattn_mm.visualization import (
 )
 from cvattn_mm.visualization.draw import select_sites, site_label
 
-from .test_maps import MAPPED, SMALL
+from .test_maps import MAPPED, resnet18_insertion
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -62,8 +62,7 @@ def data_root(tmp_path_factory):
 
 
 def insertion(name):
-    return dict(attention=dict(type=name, **SMALL.get(name, {})),
-                at='layer*.*.bn2' if name == 'SK' else 'paper')
+    return resnet18_insertion(name)
 
 
 def write_config(tmp_path, name):

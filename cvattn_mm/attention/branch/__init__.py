@@ -1,5 +1,6 @@
 """Branch attention: a soft selection among parallel branches."""
+from .pyramid_split_attention import PyramidSplitAttention
 from .sk import SK
 from .sk_conv import SKConv
 
-__all__ = ['SK', 'SKConv']
+__all__ = ['PyramidSplitAttention', 'SK', 'SKConv']
