@@ -1680,6 +1680,140 @@ def _pyramid_split_attention_cfg(in_channels):
     return dict(concat_order='official', conv_groups=(1, 2, 4, 8), reduction=4)
 
 
+# --- CoT -------------------------------------------------------------------------------
+
+
+class CoTReference(nn.Module):
+    """CoT as in the official ``JDAI-CV/CoTNet``, ``models/cotnet.py`` (``CotLayer`` at
+    895e024, and the ``Bottleneck``'s ``nn.AvgPool2d(3, 2, padding=1)`` before it at stride
+    2): the same layers (``key_embed``, ``embed``, ``conv1x1``, ``bn``, ``act``, ``se``), the
+    CuPy ``aggregation_zeropad`` written as the repository's own unfold check of it
+    (``cupy_layers/aggregation_zeropad.py``, ``test_aggregation_zeropad``): ``nn.Unfold`` of
+    the values viewed as (N, C / G, G, k^2, H, W) times the weights, summed over k^2.
+
+    Args:
+        dim (int): C.
+        kernel_size (int): k.
+        stride (int): 1, or 2 for the pool first.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3, stride: int = 1):
+        super().__init__()
+        k, share, hidden = kernel_size, 8, max(dim * 2 // 4, 32)
+        self.kernel_size = k
+        self.avd = nn.AvgPool2d(3, 2, padding=1) if stride == 2 else nn.Identity()
+        self.key_embed = nn.Sequential(
+            nn.Conv2d(dim, dim, k, padding=k // 2, groups=4, bias=False), nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True))
+        self.embed = nn.Sequential(
+            nn.Conv2d(2 * dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2),
+            nn.ReLU(inplace=True), nn.Conv2d(dim // 2, k * k * dim // share, 1),
+            nn.GroupNorm(dim // share, k * k * dim // share))
+        self.conv1x1 = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.unfold = nn.Unfold(k, padding=(k - 1) // 2)
+        self.bn = nn.BatchNorm2d(dim)
+        self.act = nn.SiLU(inplace=True)
+        self.se = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.BatchNorm2d(hidden),
+                                nn.ReLU(inplace=True), nn.Conv2d(hidden, 2 * dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avd(x)
+        k = self.key_embed(x)
+        b, c, h, w = x.shape
+        kk = self.kernel_size**2
+        weight = self.embed(torch.cat([x, k], dim=1)).view(b, 1, -1, kk, h, w)
+        value = self.conv1x1(x)
+        cols = self.unfold(value).view(b, c // weight.shape[2], weight.shape[2], kk, h, w)
+        x = (weight.unsqueeze(2) * cols.unsqueeze(1)).sum(-3).view(b, c, h, w)
+        x = self.act(self.bn(x))
+        both = torch.stack([x, k], dim=2)
+        attn = self.se(both.sum(dim=2).mean((2, 3), keepdim=True)).view(b, c, 2)
+        attn = F.softmax(attn, dim=2)
+        return (both * attn.reshape(b, c, 2, 1, 1)).sum(dim=2)
+
+
+def _cot(ours):
+    _require(ours.out_channels == ours.in_channels and ours.key_groups == 4
+             and ours.share_planes == 8 and ours.embed_reduction == 2 and ours.reduction == 4
+             and ours.min_channels == 32, ours,
+             'out_channels = in_channels and the official key_groups=4, share_planes=8, '
+             'embed_reduction=2, reduction=4, min_channels=32')
+    return CoTReference(ours.in_channels, ours.kernel_size, ours.stride)
+
+
+# --- ODConv ----------------------------------------------------------------------------
+
+
+class ODConvReference(nn.Module):
+    """ODConv as in the official ``OSVAI/ODConv`` ``modules/odconv.py`` (``Attention`` and
+    ``ODConv2d`` at 0901cc1): an ``attention`` holder (average pool, 1x1 conv, BN, ReLU and
+    the heads present, logits divided by the temperature); the kernel bank (n, C_out,
+    C_in / g, k, k); the (N, n, C_out, C_in / g, k, k) product of the position gate, the
+    kernel softmax and the bank summed over n; x times the input gate as one (1, N C_in,
+    H, W) map, one conv with groups g N, times the output gate; with k = 1 and n = 1 a plain
+    conv of the bank.
+
+    Args:
+        ours (ODConv): Our module, whose hyper-parameters and BN eps and momentum are used.
+    """
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        c_in, c_out, k, n = ours.in_channels, ours.out_channels, ours.kernel_size, ours.kernel_num
+        hidden = ours.hidden
+        self.geometry = (ours.stride, ours.padding, ours.dilation, ours.groups)
+        self.temperature = float(ours.temperature)
+        self.attention = nn.Module()
+        att = self.attention
+        att.avgpool = nn.AdaptiveAvgPool2d(1)
+        att.fc = nn.Conv2d(c_in, hidden, 1, bias=False)
+        att.bn = _batch_norm(nn.BatchNorm2d, ours.attention.bn, hidden)
+        att.relu = nn.ReLU(inplace=True)
+        att.channel_fc = nn.Conv2d(hidden, c_in, 1)
+        self.depthwise = c_in == ours.groups == c_out
+        if not self.depthwise:
+            att.filter_fc = nn.Conv2d(hidden, c_out, 1)
+        if k > 1:
+            att.spatial_fc = nn.Conv2d(hidden, k * k, 1)
+        if n > 1:
+            att.kernel_fc = nn.Conv2d(hidden, n, 1)
+        self.weight = nn.Parameter(torch.zeros(n, c_out, c_in // ours.groups, k, k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        att, t = self.attention, self.temperature
+        n, c, h, w = x.shape
+        k = self.weight.shape[-1]
+        z = att.relu(att.bn(att.fc(att.avgpool(x))))
+        channel = torch.sigmoid(att.channel_fc(z).view(n, -1, 1, 1) / t)
+        filt = 1.0 if self.depthwise else torch.sigmoid(att.filter_fc(z).view(n, -1, 1, 1) / t)
+        stride, padding, dilation, groups = self.geometry
+        if k == 1 and self.weight.shape[0] == 1:
+            out = F.conv2d(x * channel, self.weight.squeeze(0), None, stride, padding,
+                           dilation, groups)
+            return out * filt
+        spatial = 1.0 if k == 1 else torch.sigmoid(
+            att.spatial_fc(z).view(n, 1, 1, 1, k, k) / t)
+        kernel = 1.0 if self.weight.shape[0] == 1 else F.softmax(
+            att.kernel_fc(z).view(n, -1, 1, 1, 1, 1) / t, dim=1)
+        weight = torch.sum(spatial * kernel * self.weight.unsqueeze(0), dim=1)
+        weight = weight.view(-1, c // groups, k, k)
+        out = F.conv2d((x * channel).reshape(1, -1, h, w), weight, None, stride, padding,
+                       dilation, groups * n)
+        return out.view(n, -1, out.shape[-2], out.shape[-1]) * filt
+
+
+def _odconv(ours):
+    _require(_is_bn(ours.attention.bn), ours, 'BN')
+    return ODConvReference(ours)
+
+
+def _odconv_state(ours):
+    state = dict(ours.state_dict())
+    state['weight'] = state['weight'].reshape(ours.kernel_num, ours.out_channels,
+                                              *state['weight'].shape[1:])
+    return state
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -1840,6 +1974,12 @@ REFERENCES: List[Peer] = [
               'runs the SE once on the four pooled vectors and multiplies once. Below C = 64 '
               'the pair uses groups (1, 2, 4, 8) and SE reduction 4 (the official ones need '
               'C / 4 >= 16).'),
+    reference('CoT', 'JDAI-CV/CoTNet models/cotnet.py', _cot, lambda ours: dict(ours.state_dict()),
+              differences='The same layers and keys (the official CotLayer, and the official '
+              "Bottleneck's 3x3/2 average pool before it at stride 2); the official CuPy "
+              'aggregation is the unfold form of its own test in the reference (values '
+              'unfolded to k^2 copies), ours a sum over the k^2 shifted views of the padded '
+              'values. The batch norm on the pooled fusion vector is a BatchNorm2d in both.'),
 ]
 
 

@@ -48,6 +48,7 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
      (5, 7)),
     ('SpatialTransformer', dict(), (1, 1)),
     ('ResidualAttentionMask', dict(levels=3), (16, 15)),  # 7x7, 3x3, 1x1: every level pooled
+    ('CoT', dict(kernel_size=5), (1, 1)),
     ('AgentAttention', dict(bias_size=8), (8, 8)),  # the official size: nothing resized
     ('AgentAttention', dict(num_heads=2, agent_num=9, sr_ratio=2, qkv_bias=True, bias_size=8),
      (9, 6)),

@@ -1,5 +1,6 @@
 """Spatial attention: reweighting or aggregating positions, incl. self-attention."""
 from .agent_attention import AgentAttention
+from .cot import CoT
 from .deformable_attention import DeformableAttention2D
 from .double_attention import DoubleAttention
 from .emau import EMAU
@@ -15,7 +16,7 @@ from .sge import SGE
 from .spatial_transformer import SpatialTransformer
 
 __all__ = ['AgentAttention',
-           'DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
+           'CoT', 'DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
            'LSKA', 'LSKBlock',
            'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
            'RCCA',
