@@ -1494,6 +1494,80 @@ def _lska(ours):
     return LSKAReference(ours.in_channels, *LSKA_KERNELS[ours.k_size])
 
 
+# --- ACmix ---------------------------------------------------------------------------------
+
+class ACmixReference(nn.Module):
+    """ACmix as in the official ``LeapLabTHU/ACmix`` ``ResNet/test_bottleneck.py``
+    (``ACmix`` at 81dddb6): q, k, v 1x1 convs, the position encoding of a ``linspace`` grid,
+    ``nn.ReflectionPad2d`` and ``nn.Unfold`` windows viewed as ``(H // stride, W // stride)``
+    (odd sizes at stride 2 fail, as there), the softmax over the window, the ``fc`` over the
+    stacked heads and the grouped ``dep_conv``. The grid is built in the input's dtype (the
+    official one is float32, which fails for float64 inputs).
+
+    Args:
+        in_planes, out_planes (int): C_in and C_out.
+        kernel_att, head, kernel_conv, stride (int): As the official arguments.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_att: int, head: int,
+                 kernel_conv: int, stride: int):
+        super().__init__()
+        self.out_planes, self.head, self.stride = out_planes, head, stride
+        self.kernel_att, self.kernel_conv = kernel_att, kernel_conv
+        self.head_dim = out_planes // head
+        self.rate1 = nn.Parameter(torch.full((1, ), 0.5))
+        self.rate2 = nn.Parameter(torch.full((1, ), 0.5))
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 1)
+        self.conv2 = nn.Conv2d(in_planes, out_planes, 1)
+        self.conv3 = nn.Conv2d(in_planes, out_planes, 1)
+        self.conv_p = nn.Conv2d(2, self.head_dim, 1)
+        self.pad_att = nn.ReflectionPad2d((kernel_att - 1 + 1) // 2)
+        self.unfold = nn.Unfold(kernel_size=kernel_att, padding=0, stride=stride)
+        self.softmax = nn.Softmax(dim=1)
+        self.fc = nn.Conv2d(3 * head, kernel_conv ** 2, 1, bias=False)
+        self.dep_conv = nn.Conv2d(kernel_conv ** 2 * self.head_dim, out_planes, kernel_conv,
+                                  stride, 1, groups=self.head_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.conv1(x), self.conv2(x), self.conv3(x)
+        b, c, h, w = q.shape
+        heads, d, s, k2 = self.head, self.head_dim, self.stride, self.kernel_att ** 2
+        h_out, w_out = h // s, w // s
+        loc_w = torch.linspace(-1., 1., w, dtype=x.dtype, device=x.device)
+        loc_h = torch.linspace(-1., 1., h, dtype=x.dtype, device=x.device)
+        loc = torch.cat([loc_w.unsqueeze(0).repeat(h, 1).unsqueeze(0),
+                         loc_h.unsqueeze(1).repeat(1, w).unsqueeze(0)], 0).unsqueeze(0)
+        pe = self.conv_p(loc)
+        q_att = q.view(b * heads, d, h, w) * d ** -0.5
+        k_att = k.view(b * heads, d, h, w)
+        v_att = v.view(b * heads, d, h, w)
+        q_att, q_pe = q_att[:, :, ::s, ::s], pe[:, :, ::s, ::s]
+        unfold_k = self.unfold(self.pad_att(k_att)).view(b * heads, d, k2, h_out, w_out)
+        unfold_rpe = self.unfold(self.pad_att(pe)).view(1, d, k2, h_out, w_out)
+        att = self.softmax((q_att.unsqueeze(2) * (unfold_k + q_pe.unsqueeze(2)
+                                                  - unfold_rpe)).sum(1))
+        out_att = self.unfold(self.pad_att(v_att)).view(b * heads, d, k2, h_out, w_out)
+        out_att = (att.unsqueeze(1) * out_att).sum(2).view(b, self.out_planes, h_out, w_out)
+        f_all = self.fc(torch.cat([t.view(b, heads, d, h * w) for t in (q, k, v)], 1))
+        out_conv = self.dep_conv(f_all.permute(0, 2, 1, 3).reshape(b, -1, h, w))
+        return self.rate1 * out_att + self.rate2 * out_conv
+
+
+def _acmix(ours):
+    return ACmixReference(ours.in_channels, ours.out_channels, ours.kernel_att, ours.head,
+                          ours.kernel_conv, ours.stride)
+
+
+def _acmix_incomparable(ours, shape):
+    h, w = shape[2:]
+    if min(h, w) <= ours.kernel_att // 2:
+        return ('the official reflection padding needs H, W > kernel_att // 2 (ours pads '
+                'a shorter axis by replication)')
+    if ours.stride > 1 and (h % ours.stride or w % ours.stride):
+        return 'the official code fails on sizes that the stride does not divide'
+    return None
+
+
 # --- AgentAttention --------------------------------------------------------------------
 
 
@@ -1957,6 +2031,13 @@ REFERENCES: List[Peer] = [
     reference('LSKA', 'StevenLauHKHK/Large-Separable-Kernel-Attention models/van.py', _lska,
               lambda ours: dict(ours.state_dict()),
               differences='None (the same convolutions, keys and ops).'),
+    reference('ACmix', 'LeapLabTHU/ACmix ResNet/test_bottleneck.py', _acmix,
+              lambda ours: dict(ours.state_dict()),
+              differences='None where the official code runs (the same layers, keys and ops; '
+              'ours pads with F.pad and windows with F.unfold). The official grid is float32 '
+              '(the reference builds it in the input dtype, as ours); on maps with a side <= '
+              'kernel_att // 2, or at stride 2 on sizes it does not divide, the official code '
+              'fails.', incomparable=_acmix_incomparable),
     reference('AgentAttention', 'LeapLabTHU/Agent-Attention agent_transformer/models/'
               'agent_pvt.py', _agent, _agent_state,
               differences='None at H = W = bias_size (the same layers and ops; the official '

@@ -48,6 +48,8 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
      (5, 7)),
     ('SpatialTransformer', dict(), (1, 1)),
     ('ResidualAttentionMask', dict(levels=3), (16, 15)),  # 7x7, 3x3, 1x1: every level pooled
+    ('ACmix', dict(head=8, kernel_att=5), (5, 7)),
+    ('ACmix', dict(head=2, kernel_att=3), (4, 5)),
     ('CoT', dict(kernel_size=5), (1, 1)),
     ('AgentAttention', dict(bias_size=8), (8, 8)),  # the official size: nothing resized
     ('AgentAttention', dict(num_heads=2, agent_num=9, sr_ratio=2, qkv_bias=True, bias_size=8),
@@ -140,6 +142,7 @@ def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     ('SRM', (2, C, 1, 1), 'NaN'),
     ('SCSA', (2, C, 5, 9), 'smaller than the 7x7 window'),
     ('ResidualAttentionMask', (2, C, 2, 9), 'ours does not pool every level there'),
+    ('ACmix', (2, C, 3, 9), 'kernel_att // 2'),
 ])
 def test_incomparable_shapes_say_why(name, shape, reason):
     peer = reference_of(name)

@@ -1,4 +1,5 @@
 """Spatial attention: reweighting or aggregating positions, incl. self-attention."""
+from .acmix import ACmix
 from .agent_attention import AgentAttention
 from .cot import CoT
 from .deformable_attention import DeformableAttention2D
@@ -15,7 +16,7 @@ from .rcca import RCCA
 from .sge import SGE
 from .spatial_transformer import SpatialTransformer
 
-__all__ = ['AgentAttention',
+__all__ = ['ACmix', 'AgentAttention',
            'CoT', 'DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
            'LSKA', 'LSKBlock',
            'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
