@@ -1460,6 +1460,99 @@ def _cpca(ours):
     return CPCAReference(ours.in_channels, ours.ca.fc1.out_channels)
 
 
+# --- BiLevelRoutingAttention -------------------------------------------------------------
+
+
+class BiLevelRoutingAttentionReference(nn.Module):
+    """Bi-level routing attention as in the official ``rayleizhu/BiFormer``
+    ``ops/bra_legacy.py`` (``BiLevelRoutingAttention``, ``TopkRouting``, ``KVGather``,
+    ``QKVLinear`` at 1697bbb) with ``kv_downsample_mode='identity'``: NHWC, x zero-padded to
+    multiples of ``n_win`` (``auto_pad=True``) or asserted divisible, the map cut into
+    ``(n, n_win^2, h, w, C)`` regions, one linear giving q and kv, the region means of q and
+    k, ``lepe`` on the v map, the top-k of ``(q̄ s) k̄ᵀ``, a ``torch.gather`` on the kv
+    regions expanded over the query regions, the per-head softmax, ``wo(out + lepe)`` and
+    the crop.
+
+    Args:
+        dim, num_heads, n_win, topk, qk_dim (int): As ours.
+        scale (float): The logit scale.
+        side_dwconv (int): The lepe kernel (0: none).
+        with_wo, diff_routing, soft_routing, param_routing, auto_pad (bool): As the
+            official ``param_attention='qkvo'``, ``diff_routing``, ``soft_routing``,
+            ``param_routing`` and ``auto_pad``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, n_win: int, topk: int, qk_dim: int,
+                 scale: float, side_dwconv: int, with_wo: bool, diff_routing: bool,
+                 soft_routing: bool, param_routing: bool, auto_pad: bool):
+        super().__init__()
+        self.dim, self.num_heads, self.n_win, self.topk = dim, num_heads, n_win, topk
+        self.qk_dim, self.scale, self.auto_pad = qk_dim, scale, auto_pad
+        self.diff_routing, self.soft_routing = diff_routing, soft_routing
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim)
+        self.wo = nn.Linear(dim, dim) if with_wo else nn.Identity()
+        self.lepe = (nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+                     if side_dwconv > 0 else None)
+        self.router_emb = nn.Linear(qk_dim, qk_dim) if param_routing else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        b, h_in, w_in, c = x.shape
+        nw, cq, m, k = self.n_win, self.qk_dim, self.num_heads, self.topk
+        if self.auto_pad:
+            x = F.pad(x, (0, 0, 0, (nw - w_in % nw) % nw, 0, (nw - h_in % nw) % nw))
+        else:
+            assert h_in % nw == 0 and w_in % nw == 0
+        _, H, W, _ = x.shape
+        h, w, p2 = H // nw, W // nw, nw * nw
+        x = x.reshape(b, nw, h, nw, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, p2, h, w, c)
+        q, kv = self.qkv(x).split([cq, cq + c], dim=-1)
+        q_pix = q.reshape(b, p2, h * w, cq)
+        kv_pix = kv.reshape(b, p2, h * w, cq + c)
+        q_win, k_win = q.mean([2, 3]), kv[..., :cq].mean([2, 3])
+        v_map = kv[..., cq:].reshape(b, nw, nw, h, w, c).permute(0, 5, 1, 3, 2, 4)
+        v_map = v_map.reshape(b, c, H, W).contiguous()
+        lepe = (self.lepe(v_map).permute(0, 2, 3, 1) if self.lepe is not None
+                else torch.zeros_like(v_map.permute(0, 2, 3, 1)))
+        if not self.diff_routing:
+            q_win, k_win = q_win.detach(), k_win.detach()
+        q_hat, k_hat = self.router_emb(q_win), self.router_emb(k_win)
+        logit = (q_hat * self.scale) @ k_hat.transpose(-2, -1)
+        top_logit, index = torch.topk(logit, k=k, dim=-1)
+        r_weight = torch.softmax(top_logit, dim=-1)
+        ckv = cq + c
+        selected = torch.gather(kv_pix.view(b, 1, p2, h * w, ckv).expand(-1, p2, -1, -1, -1), 2,
+                                index.view(b, p2, k, 1, 1).expand(-1, -1, -1, h * w, ckv))
+        if self.soft_routing:
+            selected = r_weight.view(b, p2, k, 1, 1) * selected
+        k_sel, v_sel = selected.split([cq, c], dim=-1)
+        k_sel = k_sel.reshape(b * p2, k * h * w, m, cq // m).permute(0, 2, 3, 1)
+        v_sel = v_sel.reshape(b * p2, k * h * w, m, c // m).permute(0, 2, 1, 3)
+        q_pix = q_pix.reshape(b * p2, h * w, m, cq // m).permute(0, 2, 1, 3)
+        attn = torch.softmax((q_pix * self.scale) @ k_sel, dim=-1)
+        out = (attn @ v_sel).reshape(b, nw, nw, m, h, w, c // m)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, H, W, c)
+        out = self.wo(out + lepe)[:, :h_in, :w_in]
+        return out.permute(0, 3, 1, 2)
+
+
+def _bra(ours):
+    _require(ours.size_policy in ('zero_pad', 'strict'), ours,
+             "size_policy='zero_pad' (the official auto_pad=True) or 'strict'")
+    return BiLevelRoutingAttentionReference(
+        ours.in_channels, ours.num_heads, ours.n_win, ours.topk, ours.qk_dim, ours.scale,
+        ours.side_dwconv, ours.wo is not None, ours.diff_routing, ours.soft_routing,
+        ours.param_routing, ours.size_policy == 'zero_pad')
+
+
+def _bra_incomparable(ours, shape):
+    h, w = shape[-2:]
+    if ours.size_policy == 'strict' and (h % ours.n_win or w % ours.n_win):
+        return (f"size_policy='strict' needs H and W divisible by n_win={ours.n_win} (the "
+                'official code asserts it)')
+    return None
+
+
 # --- LSKA ------------------------------------------------------------------------------
 
 
@@ -2061,6 +2154,16 @@ REFERENCES: List[Peer] = [
               'aggregation is the unfold form of its own test in the reference (values '
               'unfolded to k^2 copies), ours a sum over the k^2 shifted views of the padded '
               'values. The batch norm on the pooled fusion vector is a BatchNorm2d in both.'),
+    reference('BiLevelRoutingAttention', 'rayleizhu/BiFormer ops/bra_legacy.py', _bra,
+              lambda ours: dict(ours.state_dict()),
+              ours_cfg=lambda c: dict(size_policy='zero_pad'),
+              differences="The pair builds ours with size_policy='zero_pad' (the official "
+              "auto_pad=True); ours defaults to 'mask' (padded keys masked out, the same "
+              'function on sizes divisible by n_win). The official code computes the region '
+              'means from the projected q and k and gathers from the kv regions expanded over '
+              'the query regions; ours projects the region means of x (the same values) and '
+              'gathers with index_select. Keys: the official qkv.qkv.* and router.emb.* are '
+              'qkv.* and router_emb.* (here as ours).', incomparable=_bra_incomparable),
 ]
 
 

@@ -57,6 +57,13 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('AgentAttention', dict(num_heads=4, agent_num=4, sr_ratio=2), (1, 3)),
     ('PyramidSplitAttention', dict(conv_kernels=(3, 3, 5, 5), reduction=2), (5, 7)),
     ('PyramidSplitAttention', dict(conv_kernels=(1, 3, 5, 7)), (1, 1)),
+    ('BiLevelRoutingAttention', dict(num_heads=4, n_win=2, topk=3, soft_routing=True,
+                                     diff_routing=True, param_routing=True, side_dwconv=5),
+     (6, 5)),
+    ('BiLevelRoutingAttention', dict(num_heads=2, n_win=3, topk=9, qk_dim=16, qk_scale=0.3,
+                                     side_dwconv=0, param_attention='qkv',
+                                     size_policy='strict'), (6, 9)),
+    ('BiLevelRoutingAttention', dict(), (1, 1)),
 ]
 
 
@@ -131,6 +138,7 @@ def test_every_module_has_a_peer_or_a_reference():
     ('GSoP', dict(mode='position'), "mode='channel'"),
     ('SpatialTransformer', dict(transform='attention'), "transform='affine'"),
     ('PyramidSplitAttention', dict(concat_order='paper'), "concat_order='official'"),
+    ('BiLevelRoutingAttention', dict(size_policy='mask'), "size_policy='zero_pad'"),
 ])
 def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     with pytest.raises(ValueError, match=match):

@@ -2,6 +2,7 @@
 from .acmix import ACmix
 from .agent_attention import AgentAttention
 from .cot import CoT
+from .bi_level_routing_attention import BiLevelRoutingAttention
 from .deformable_attention import DeformableAttention2D
 from .double_attention import DoubleAttention
 from .emau import EMAU
@@ -16,7 +17,8 @@ from .rcca import RCCA
 from .sge import SGE
 from .spatial_transformer import SpatialTransformer
 
-__all__ = ['ACmix', 'AgentAttention',
+__all__ = ['BiLevelRoutingAttention',
+           'ACmix', 'AgentAttention',
            'CoT', 'DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
            'LSKA', 'LSKBlock',
            'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
