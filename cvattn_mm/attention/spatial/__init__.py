@@ -1,8 +1,8 @@
 """Spatial attention: reweighting or aggregating positions, incl. self-attention."""
 from .acmix import ACmix
 from .agent_attention import AgentAttention
-from .cot import CoT
 from .bi_level_routing_attention import BiLevelRoutingAttention
+from .cot import CoT
 from .deformable_attention import DeformableAttention2D
 from .double_attention import DoubleAttention
 from .emau import EMAU
@@ -17,8 +17,7 @@ from .rcca import RCCA
 from .sge import SGE
 from .spatial_transformer import SpatialTransformer
 
-__all__ = ['BiLevelRoutingAttention',
-           'ACmix', 'AgentAttention',
+__all__ = ['ACmix', 'AgentAttention', 'BiLevelRoutingAttention',
            'CoT', 'DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
            'LSKA', 'LSKBlock',
            'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
