@@ -108,11 +108,13 @@ def test_same_function_with_copied_weights(name, cfg, size):
         assert_same(ours(x), theirs(x), name)
     ours.train()
     theirs.train()
-    weight = torch.randn(x.shape, dtype=torch.double)  # a gradient that is not constant
     outputs, grads = [], []
     for module in (ours, theirs):
         xi = x.clone().requires_grad_()
         out = module(xi)
+        # a gradient that is not constant, of the output's shape (conv replacements change it)
+        weight = torch.randn(out.shape, dtype=torch.double,
+                             generator=torch.Generator().manual_seed(2))
         outputs.append(out)
         grads.append(torch.autograd.grad((out * weight).sum(), xi)[0])
     assert_same(*outputs, name)
