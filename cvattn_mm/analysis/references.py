@@ -1981,6 +1981,63 @@ def _odconv_state(ours):
     return state
 
 
+# --- SCConv ----------------------------------------------------------------------------
+
+
+class SCConvReference(nn.Module):
+    """SCConv as in the official ``MCG-NKU/SCNet`` ``scnet.py`` (``SCConv`` and
+    ``SCBottleneck.k1`` at c0b5bd6), without the BNs that end K1 and K4 there (the host's
+    norm after the replaced conv plays their role): ``k2`` = AvgPool(r, r) + 3x3 conv + BN
+    as a Sequential, ``k3`` = 3x3 conv + BN, ``k4`` and ``k1`` 3x3 convs with the stride;
+    the gate ``sigmoid(identity + F.interpolate(k2(identity), size))`` (nearest) times
+    ``k3(identity)``, then ``k4``; the halves concatenated, the plain one first.
+
+    Args:
+        channels (int): C (both halves keep C / 2, as in the official block).
+        stride, dilation, groups, pooling_r (int): As ours.
+        ceil_mode (bool): The pool's mode (official: floor; ours ceil by default).
+        norm (nn.Module): Our batch norm, whose eps and momentum are used.
+    """
+
+    def __init__(self, channels: int, stride: int, dilation: int, groups: int, pooling_r: int,
+                 ceil_mode: bool, norm: nn.Module):
+        super().__init__()
+        half = channels // 2
+
+        def conv(stride):
+            return nn.Conv2d(half, half, 3, stride, dilation, dilation, groups, bias=False)
+
+        self.k1 = conv(stride)
+        self.k2 = nn.Sequential(nn.AvgPool2d(pooling_r, pooling_r, ceil_mode=ceil_mode),
+                                conv(1), _batch_norm(nn.BatchNorm2d, norm, half))
+        self.k3 = nn.Sequential(conv(1), _batch_norm(nn.BatchNorm2d, norm, half))
+        self.k4 = conv(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[1] // 2
+        identity = x[:, half:]
+        gate = torch.sigmoid(identity + F.interpolate(self.k2(identity), identity.shape[2:]))
+        return torch.cat([self.k1(x[:, :half]), self.k4(self.k3(identity) * gate)], 1)
+
+
+def _scconv(ours):
+    _require(ours.out_channels == ours.in_channels and ours.upsample_mode == 'nearest'
+             and _is_bn(ours.k2_norm) and _is_bn(ours.k3_norm), ours,
+             "out_channels == in_channels, upsample_mode='nearest' and BN")
+    return SCConvReference(ours.in_channels, ours.stride, ours.dilation, ours.groups,
+                           ours.pooling_r, ours.ceil_mode, ours.k2_norm)
+
+
+def _scconv_state(ours):
+    state = dict(ours.state_dict())
+    renames = {'k2.': 'k2.1.', 'k2_norm.': 'k2.2.', 'k3.': 'k3.0.', 'k3_norm.': 'k3.1.'}
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in renames if key.startswith(p)), None)
+        out[renames[prefix] + key[len(prefix):] if prefix else key] = value
+    return out
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -2164,6 +2221,12 @@ REFERENCES: List[Peer] = [
               'the query regions; ours projects the region means of x (the same values) and '
               'gathers with index_select. Keys: the official qkv.qkv.* and router.emb.* are '
               'qkv.* and router_emb.* (here as ours).', incomparable=_bra_incomparable),
+    reference('SCConv', 'MCG-NKU/SCNet scnet.py', _scconv, _scconv_state,
+              differences='None with ceil_mode=False on any map of at least r = 4 per side '
+              '(the same convs, pool, nearest resize and ops; bit-identical in float64). The '
+              'reference takes the pool mode of ours, so our default ceil mode is compared '
+              'with the official layout pooling in ceil mode; the BNs that end K1 and K4 in '
+              'the official block are the host norm in both.'),
 ]
 
 

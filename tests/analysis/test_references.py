@@ -48,6 +48,9 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
      (5, 7)),
     ('SpatialTransformer', dict(), (1, 1)),
     ('ResidualAttentionMask', dict(levels=3), (16, 15)),  # 7x7, 3x3, 1x1: every level pooled
+    ('SCConv', dict(ceil_mode=False), (9, 13)),  # the official floor pool
+    ('SCConv', dict(dilation=2, groups=4), (7, 10)),
+    ('SCConv', dict(pooling_r=2), (1, 1)),
     ('ACmix', dict(head=8, kernel_att=5), (5, 7)),
     ('ACmix', dict(head=2, kernel_att=3), (4, 5)),
     ('CoT', dict(kernel_size=5), (1, 1)),
