@@ -1976,8 +1976,8 @@ def _odconv(ours):
 
 def _odconv_state(ours):
     state = dict(ours.state_dict())
-    state['weight'] = state['weight'].reshape(ours.kernel_num, ours.out_channels,
-                                              *state['weight'].shape[1:])
+    bank = state.pop('weight_bank')
+    state['weight'] = bank.reshape(ours.kernel_num, ours.out_channels, *bank.shape[1:])
     return state
 
 
@@ -2227,6 +2227,12 @@ REFERENCES: List[Peer] = [
               'reference takes the pool mode of ours, so our default ceil mode is compared '
               'with the official layout pooling in ceil mode; the BNs that end K1 and K4 in '
               'the official block are the host norm in both.'),
+    reference('ODConv', 'OSVAI/ODConv modules/odconv.py', _odconv, _odconv_state,
+              differences='None (the same layers, keys and ops up to the order of the kernel '
+              'mixture: the official code sums the (N, n, C_out, C_in / g, k, k) product of '
+              'the gates and the bank, ours multiplies the kernel softmax with the bank as '
+              'one matrix product, then by the position gate; the bank is weight_bank '
+              '(n C_out, ...) in ours, weight (n, C_out, ...) officially, reshaped).'),
 ]
 
 

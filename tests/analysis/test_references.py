@@ -67,6 +67,11 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
                                      side_dwconv=0, param_attention='qkv',
                                      size_policy='strict'), (6, 9)),
     ('BiLevelRoutingAttention', dict(), (1, 1)),
+    ('ODConv', dict(kernel_num=1), (5, 7)),
+    ('ODConv', dict(kernel_size=1, kernel_num=1), (5, 7)),  # the official plain-conv path
+    ('ODConv', dict(kernel_size=1, groups=32, kernel_num=2), (5, 7)),  # depthwise 1x1
+    ('ODConv', dict(groups=4, dilation=2, kernel_num=3, temperature=7.), (7, 6)),
+    ('ODConv', dict(kernel_size=5, temperature=30.), (1, 1)),
 ]
 
 
