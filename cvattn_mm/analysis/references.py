@@ -2183,8 +2183,9 @@ REFERENCES: List[Peer] = [
               differences='None (the same convolutions, keys and ops).'),
     reference('ACmix', 'LeapLabTHU/ACmix ResNet/test_bottleneck.py', _acmix,
               lambda ours: dict(ours.state_dict()),
-              differences='None where the official code runs (the same layers, keys and ops; '
-              'ours pads with F.pad and windows with F.unfold). The official grid is float32 '
+              differences='None where the official code runs (the same layers and keys; ours '
+              'sums over the k_att^2 shifted views of the padded maps, the official code '
+              'unfolds them: the same values to rounding). The official grid is float32 '
               '(the reference builds it in the input dtype, as ours); on maps with a side <= '
               'kernel_att // 2, or at stride 2 on sizes it does not divide, the official code '
               'fails.', incomparable=_acmix_incomparable),

@@ -187,6 +187,16 @@ def test_forward_rebuilt_from_the_methods_and_the_maps():
     torch.testing.assert_close(maps['window'].values, per_head.mean((2, 3)).reshape(2, 7, 7))
 
 
+@pytest.mark.parametrize('stride,size', [(1, (6, 9)), (2, (7, 10)), (2, (2, 5))])
+def test_windows_are_the_unfolded_windows(stride, size):
+    """The shifted views are the official unfold's windows of the padded map, offset-major."""
+    m = ACmix(8, stride=stride, kernel_att=5)
+    t = torch.randn(3, 4, *size)
+    ho, wo = m.output_size(*size)
+    unfolded = F.unfold(m.pad(t), 5, stride=stride).reshape(3, 4, 25, ho, wo)
+    assert torch.equal(torch.stack(m.windows(t), 2), unfolded)
+
+
 def test_position_encoding_in_the_input_dtype():
     m = ACmix(8)
     x = torch.randn(1, 8, 3, 5, dtype=torch.float64)
