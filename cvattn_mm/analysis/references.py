@@ -2038,6 +2038,69 @@ def _scconv_state(ours):
     return out
 
 
+# --- SASA ------------------------------------------------------------------------------
+
+
+class SASAReference(nn.Module):
+    """SASA from the paper's eq. 2-3 (arXiv:1906.05909; no official code: google-research
+    ``standalone_self_attention_in_vision_models`` holds a README only), laid out as the
+    common unfold implementations (e.g. the popular port leaderj1001/Stand-Alone-Self-
+    Attention ``attention.py``, whose math is not the paper's and is not followed): the
+    zero-padded keys and values unfolded to (N, h, d, H, W, k^2) copies, the logits
+    ``q . (k + [r_row; r_col])`` summed over each head's d channels, neighbours outside the
+    image masked with an unfolded map of ones (``boundary='mask'``), a softmax over k^2, the
+    weighted sum of the unfolded values, then the ceil-mode s x s average pool at stride s.
+
+    Args:
+        ours (SASA): Our module, whose hyper-parameters are used.
+    """
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        c_in, c_out = ours.in_channels, ours.out_channels
+        self.query = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.key = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.value = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.rel_rows = nn.Parameter(torch.zeros(ours.heads, c_out // ours.heads // 2,
+                                                 ours.spatial_extent))
+        self.rel_cols = nn.Parameter(torch.zeros_like(self.rel_rows))
+        self.heads, self.size, self.stride = ours.heads, ours.spatial_extent, ours.stride
+        self.mask, self.scale = ours.boundary == 'mask', ours.scale
+
+    def _unfold(self, t: torch.Tensor) -> torch.Tensor:
+        r = self.size // 2
+        return F.pad(t, (r, r, r, r)).unfold(2, self.size, 1).unfold(3, self.size, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        n, c, h, w = q.shape
+        heads, size = self.heads, self.size
+        d = c // heads
+        k = self._unfold(k).reshape(n, heads, d, h, w, size, size)
+        v = self._unfold(v).reshape(n, heads, d, h, w, size * size)
+        rel = torch.cat([self.rel_rows[:, :, :, None].expand(-1, -1, -1, size),
+                         self.rel_cols[:, :, None, :].expand(-1, -1, size, -1)], 1)
+        keys = k + rel[None, :, :, None, None]  # (n, heads, d, h, w, k, k)
+        logits = (q.view(n, heads, d, h, w, 1, 1) * keys).sum(2).flatten(-2)
+        if self.scale:
+            logits = logits / d**0.5
+        if self.mask:
+            inside = self._unfold(torch.ones_like(x[:1, :1])).reshape(1, 1, h, w, -1)
+            logits = logits.masked_fill(inside == 0, float('-inf'))
+        attn = logits.softmax(-1)
+        y = (attn[:, :, None] * v).sum(-1).reshape(n, c, h, w)
+        if self.stride > 1:
+            y = F.avg_pool2d(y, self.stride, self.stride, ceil_mode=True)
+        return y
+
+
+def _sasa(ours):
+    _require(ours.projection == 'full' and ours.embedding == 'per_head'
+             and ours.downsample == 'pool', ours,
+             "projection='full', embedding='per_head' and downsample='pool'")
+    return SASAReference(ours)
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -2234,6 +2297,12 @@ REFERENCES: List[Peer] = [
               'the gates and the bank, ours multiplies the kernel softmax with the bank as '
               'one matrix product, then by the position gate; the bank is weight_bank '
               '(n C_out, ...) in ours, weight (n, C_out, ...) officially, reshaped).'),
+    reference('SASA', 'paper arXiv:1906.05909 eq. 2-3 (no official code)', _sasa,
+              lambda ours: dict(ours.state_dict()),
+              differences='The same math and keys (no official code exists: the paper\'s '
+              'equations); the reference unfolds the padded keys and values to k^2 copies '
+              '(2 k^2 x the activation), ours sums over the k^2 shifted views of the padded '
+              'keys and values.'),
 ]
 
 

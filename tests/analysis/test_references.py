@@ -72,6 +72,8 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('ODConv', dict(kernel_size=1, groups=32, kernel_num=2), (5, 7)),  # depthwise 1x1
     ('ODConv', dict(groups=4, dilation=2, kernel_num=3, temperature=7.), (7, 6)),
     ('ODConv', dict(kernel_size=5, temperature=30.), (1, 1)),
+    ('SASA', dict(boundary='zeros', scale=True, heads=4), (5, 7)),
+    ('SASA', dict(spatial_extent=3), (1, 1)),
 ]
 
 
@@ -149,6 +151,7 @@ def test_every_module_has_a_peer_or_a_reference():
     ('SpatialTransformer', dict(transform='attention'), "transform='affine'"),
     ('PyramidSplitAttention', dict(concat_order='paper'), "concat_order='official'"),
     ('BiLevelRoutingAttention', dict(size_policy='mask'), "size_policy='zero_pad'"),
+    ('SASA', dict(projection='grouped'), "projection='full'"),
 ])
 def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     with pytest.raises(ValueError, match=match):
