@@ -123,7 +123,8 @@ class InitFromCheckpointConv:
     """Load pre-hook of the parent of a replaced conv (``init_from_conv=True``).
 
     When the loaded state dict holds the replaced conv's keys (a checkpoint of the plain
-    model) and none of the module's, the module is initialised from that conv (and the
+    model) and not all of the module's (with their shapes: a module may name a parameter
+    ``weight`` too), the module is initialised from that conv (and the
     absorbed norm) by :meth:`ConvReplacement.init_from_conv`, and the state dict is rewritten
     to hold the module's keys instead: nothing is reported missing or unexpected for it, and
     a log line says what was translated. Checkpoints of the replaced model load as they are.
@@ -143,8 +144,9 @@ class InitFromCheckpointConv:
                  unexpected_keys, error_msgs):
         module = parent._modules[self.name]
         own = prefix + self.name + '.'
-        if not isinstance(module, ConvReplacement) or \
-                any(own + key in state_dict for key in module.state_dict()):
+        if not isinstance(module, ConvReplacement) or all(  # a checkpoint of the replaced model
+                own + key in state_dict and state_dict[own + key].shape == value.shape
+                for key, value in module.state_dict().items()):
             return
         weight = state_dict.get(own + 'weight')
         conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,

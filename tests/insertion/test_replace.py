@@ -39,7 +39,32 @@ class PartialConvReplacement(PlainConvReplacement):
         return False
 
 
-DOUBLES = (PlainConvReplacement, AbsorbingConvReplacement, PartialConvReplacement)
+class BankedConvReplacement(PlainConvReplacement):
+    """Two kernels summed, in a parameter named ``weight`` like the conv's but 5-D
+    (arXiv:1512.03385)."""
+
+    _abbr_ = 'banked_conv'
+    conv_init = 'the first kernel is the conv, the second zero'
+
+    def __init__(self, in_channels, out_channels=None, kernel_size=3, stride=1, padding=None,
+                 dilation=1, groups=1, bias=False, init_cfg=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, init_cfg=init_cfg)
+        self.weight = nn.Parameter(torch.randn(2, *self.conv.weight.shape))
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight.sum(0), None, self.stride, self.padding,
+                                    self.dilation, self.groups) + self.conv(x) * 0
+
+    def init_from_conv(self, conv, norm=None):
+        with torch.no_grad():
+            self.weight[0] = conv.weight
+            self.weight[1] = 0
+        return True
+
+
+DOUBLES = (PlainConvReplacement, AbsorbingConvReplacement, PartialConvReplacement,
+           BankedConvReplacement)
 
 
 @pytest.fixture(autouse=True)
@@ -139,6 +164,17 @@ def test_init_from_conv_computes_the_plain_model(cls, how):
     again = replaced(small(), dict(attention=cls, replace='paper', **how))
     assert not again.load_state_dict(state, strict=True).missing_keys
     torch.testing.assert_close(outputs(again, x)[0], outputs(plain, x)[0])
+
+
+def test_a_module_parameter_named_like_the_conv_s_is_told_apart_by_its_shape():
+    torch.manual_seed(0)
+    plain = build(small())
+    model = replaced(small(), dict(attention='BankedConvReplacement', replace='paper',
+                                   init_from_conv=True))
+    result = model.load_state_dict(plain.state_dict())  # translated: nothing left over
+    assert not result.unexpected_keys and not result.missing_keys
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(outputs(model, x)[0], outputs(plain, x)[0])
 
 
 def test_init_from_conv_at_insertion_takes_the_weights_the_model_has():
