@@ -2101,6 +2101,90 @@ def _sasa(ours):
     return SASAReference(ours)
 
 
+# --- SAN -------------------------------------------------------------------------------
+
+
+class SANReference(nn.Module):
+    """SAN's self-attention operation as in the official ``hszhao/SAN`` ``model/san.py``
+    (``SAM``, ``position`` at d88b022), its CuPy ``subtraction_refpad``,
+    ``subtraction2_refpad`` and ``aggregation_refpad`` ops written as what their kernels
+    compute, in the unfold form: the reflection-padded maps unfolded to (N, C, k^2, L)
+    copies (x2, the coordinate map after ``conv_p`` and, for the aggregation, x3), the
+    centre minus each neighbour, ``conv_w`` on the (N, c, k^2, L) pairs, a softmax over
+    k^2 (pairwise); patchwise as the official ``unfold_i``/``unfold_j`` path; the
+    aggregation weights shared by the channels ``c mod C_w``.
+
+    Args:
+        ours (SAN): Our module, whose hyper-parameters and BN eps and momentum are used.
+    """
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        c_in, c_out = ours.in_channels, ours.out_channels
+        rel, shared, k = ours.rel_channels, ours.weight_channels, ours.spatial_extent
+        self.pairwise = ours.relation == 'pairwise'
+        self.k, self.stride, self.dilation = k, ours.stride, ours.dilation
+        self.shared = shared
+        self.conv1 = nn.Conv2d(c_in, rel, 1)
+        self.conv2 = nn.Conv2d(c_in, rel, 1)
+        self.conv3 = nn.Conv2d(c_in, c_out, 1)
+        widths = ((rel + 2, rel, shared) if self.pairwise else
+                  (rel * (k * k + 1), shared, k * k * shared))
+        norms = (ours.conv_w[0], ours.conv_w[3])
+        self.conv_w = nn.Sequential(
+            _batch_norm(nn.BatchNorm2d, norms[0], widths[0]), nn.ReLU(inplace=True),
+            nn.Conv2d(widths[0], widths[1], 1, bias=False),
+            _batch_norm(nn.BatchNorm2d, norms[1], widths[1]), nn.ReLU(inplace=True),
+            nn.Conv2d(widths[1], widths[2], 1))
+        if self.pairwise:
+            self.conv_p = nn.Conv2d(2, 2, 1)
+
+    def _unfold(self, t: torch.Tensor, kernel: int) -> torch.Tensor:
+        """(N, C, kernel^2, L): the kernels' reflection-padded neighbourhoods."""
+        pad = self.dilation * (kernel - 1) // 2
+        if pad:
+            t = F.pad(t, (pad, pad, pad, pad), mode='reflect')
+        out = F.unfold(t, kernel, dilation=self.dilation, stride=self.stride)
+        return out.view(t.shape[0], -1, kernel * kernel, out.shape[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        k = self.k
+        x1, x2, x3 = self.conv1(x), self.conv2(x), self.conv3(x)
+        if self.pairwise:
+            loc_w = torch.linspace(-1.0, 1.0, w, dtype=x.dtype).unsqueeze(0).repeat(h, 1)
+            loc_h = torch.linspace(-1.0, 1.0, h, dtype=x.dtype).unsqueeze(1).repeat(1, w)
+            p = self.conv_p(torch.cat([loc_w[None], loc_h[None]], 0)[None].to(x.device))
+            rel = torch.cat([self._unfold(x1, 1) - self._unfold(x2, k),
+                             (self._unfold(p, 1) - self._unfold(p, k)).repeat(n, 1, 1, 1)], 1)
+            weight = self.conv_w(rel).softmax(dim=-2)
+        else:
+            x1 = self._unfold(x1, 1).reshape(n, -1, 1, h * w)
+            x2 = self._unfold(x2, k).reshape(n, -1, 1, h * w)
+            weight = self.conv_w(torch.cat([x1, x2], 1)).view(n, -1, k * k, h * w)
+        values = self._unfold(x3, k)  # (N, C, k^2, L)
+        c, length = values.shape[1], values.shape[-1]
+        values = values.view(n, c // self.shared, self.shared, k * k, length)
+        y = (weight.unsqueeze(1) * values).sum(3)
+        ho, wo = (h - 1) // self.stride + 1, (w - 1) // self.stride + 1
+        return y.reshape(n, c, ho, wo)
+
+
+def _san(ours):
+    _require(ours.relation == 'pairwise' or (ours.stride == 1 and ours.dilation == 1), ours,
+             'stride 1 and dilation 1 for the patchwise relation (the official path fails '
+             'otherwise)')
+    return SANReference(ours)
+
+
+def _san_incomparable(ours, shape):
+    pad = ours.neighbourhood_padding()
+    if min(shape[-2:]) <= pad:
+        return (f'a side <= {pad}: the official kernels reflect once and read outside the '
+                'map; ours pads by replication there')
+    return None
+
+
 REFERENCES: List[Peer] = [
     reference('BAM', 'Jongchan/attention-module MODELS/bam.py', _bam, _bam_state,
               ours_cfg=lambda c: dict(fusion='mul'),
@@ -2303,6 +2387,13 @@ REFERENCES: List[Peer] = [
               'equations); the reference unfolds the padded keys and values to k^2 copies '
               '(2 k^2 x the activation), ours sums over the k^2 shifted views of the padded '
               'keys and values.'),
+    reference('SAN', 'hszhao/SAN model/san.py', _san, lambda ours: dict(ours.state_dict()),
+              differences='The same layers and keys (the official SAM). The official CuPy '
+              'refpad ops are written in the reference as what their kernels compute, in '
+              'unfold form (x2, the coordinate map and x3 unfolded to k^2 copies); ours '
+              'stacks k^2 strided views for the relations and sums the k^2 products of the '
+              'aggregation without copying x3. Sides <= d (k - 1) / 2 are incomparable '
+              '(the official kernels are undefined there).', incomparable=_san_incomparable),
 ]
 
 

@@ -74,6 +74,10 @@ CASES = [(r.module, {}, size) for r in REFERENCES for size in ((8, 12), (7, 9))]
     ('ODConv', dict(kernel_size=5, temperature=30.), (1, 1)),
     ('SASA', dict(boundary='zeros', scale=True, heads=4), (5, 7)),
     ('SASA', dict(spatial_extent=3), (1, 1)),
+    ('SAN', dict(relation='patchwise'), (5, 7)),
+    ('SAN', dict(relation='patchwise', spatial_extent=3, share_planes=4), (4, 5)),
+    ('SAN', dict(dilation=2, padding=2), (9, 8)),
+    ('SAN', dict(spatial_extent=3, rel_reduction=8), (2, 3)),
 ]
 
 
@@ -152,6 +156,7 @@ def test_every_module_has_a_peer_or_a_reference():
     ('PyramidSplitAttention', dict(concat_order='paper'), "concat_order='official'"),
     ('BiLevelRoutingAttention', dict(size_policy='mask'), "size_policy='zero_pad'"),
     ('SASA', dict(projection='grouped'), "projection='full'"),
+    ('SAN', dict(relation='patchwise', stride=2), 'stride 1 and dilation 1'),
 ])
 def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     with pytest.raises(ValueError, match=match):
@@ -164,6 +169,7 @@ def test_configurations_the_official_code_lacks_are_refused(name, cfg, match):
     ('SCSA', (2, C, 5, 9), 'smaller than the 7x7 window'),
     ('ResidualAttentionMask', (2, C, 2, 9), 'ours does not pool every level there'),
     ('ACmix', (2, C, 3, 9), 'kernel_att // 2'),
+    ('SAN', (2, C, 3, 9), 'reflect once and read outside the map'),
 ])
 def test_incomparable_shapes_say_why(name, shape, reason):
     peer = reference_of(name)

@@ -14,6 +14,7 @@ from .multi_head_external_attention import MultiHeadExternalAttention
 from .non_local import NonLocalBlock
 from .pooled_self_attention import PooledSelfAttention
 from .rcca import RCCA
+from .san import SAN
 from .sasa import SASA
 from .scconv import SCConv
 from .sge import SGE
@@ -23,5 +24,5 @@ __all__ = ['ACmix', 'AgentAttention', 'BiLevelRoutingAttention',
            'CoT', 'DeformableAttention2D', 'DoubleAttention', 'EMAU', 'ExternalAttention', 'LKA',
            'LSKA', 'LSKBlock',
            'MultiHeadExternalAttention', 'NonLocalBlock', 'PooledSelfAttention',
-           'RCCA', 'SASA', 'SCConv',
+           'RCCA', 'SAN', 'SASA', 'SCConv',
            'SGE', 'SpatialTransformer']
