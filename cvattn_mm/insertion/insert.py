@@ -27,7 +27,7 @@ import torch.nn as nn
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import DefaultScope
 
-from ..attention.base import AttentionModule
+from ..attention.base import AttentionModule, loads_checkpoint
 from ..attention.conv_replacement import ConvReplacement
 from ..registry import MODELS, register_model
 from .fusion import check_unfused, conv_norm_pairs
@@ -84,6 +84,9 @@ def insert_attention(model: nn.Module,
         ``model``, with an ``attention_sites`` ModuleDict.
     """
     plans = [_plan(model, dict(insertion)) for insertion in _checked_list(insertions)]
+    if callable(getattr(model, 'init_weights', None)) and \
+            not isinstance(model.__dict__.get('init_weights'), InitInsertedLast):
+        model.init_weights = InitInsertedLast(model)
     replacing = [plan for plan in plans if plan['replace']]
     if replacing:
         _sites_of(model)  # the model's attention lives under it (the report looks there)
@@ -315,6 +318,42 @@ def _hw_shape_owner(model: nn.Module, path: str):
     raise ValueError(f'{path} outputs tokens, but no module on its path takes hw_shape in its '
                      "forward, so their (H, W) is unknown; pass layout='nchw' or 'nhwc' if "
                      'the output is a map')
+
+
+class InitInsertedLast:
+    """``model.init_weights`` of a model with inserted modules: the model's own, then the
+    inserted modules' (their papers' initialisation, ``init_special``).
+
+    mmengine's ``init_weights`` descends only through children that are ``BaseModule``s, so it
+    never reaches modules in plain ``nn.Sequential`` stages (mmpretrain's ResLayer) or in
+    ``attention_sites``; and a backbone's ``init_cfg`` (Kaiming on every Conv2d, constant 1 on
+    every norm of its subtree) overwrites their initialisation (GC's zero last conv, ACmix's
+    shift kernels). So they are initialised again after it, unless the model's ``init_cfg``
+    loads a checkpoint: then it did not touch them, and it may have initialised replacements
+    from the checkpoint's convs (``init_from_conv``).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self) -> None:
+        model = self.model
+        type(model).init_weights(model)
+        if loads_checkpoint(getattr(model, 'init_cfg', None)):
+            return
+        for module in outermost_attention(model):
+            module._is_init = False
+            module.init_weights()
+
+
+def outermost_attention(model: nn.Module) -> List[AttentionModule]:
+    """The attention modules of ``model`` that are not inside another one."""
+    found: List[Tuple[str, AttentionModule]] = []
+    for path, module in model.named_modules():
+        if isinstance(module, AttentionModule) and \
+                not any(path.startswith(p + '.') for p, _ in found):
+            found.append((path, module))
+    return [m for _, m in found]
 
 
 class KeepSitesAttached:

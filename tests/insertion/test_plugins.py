@@ -5,13 +5,17 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import cvattn_mm  # noqa: F401
+from cvattn_mm.attention import ConvReplacement
 from cvattn_mm.attention.catalog import attention_classes
 
 POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
+#: Conv replacements are not plug-ins: they take a conv's place (``replace=``);
+#: tests/insertion/test_replace.py checks that plug-ins keep working beside them.
+PLUGINS = [n for n, cls in attention_classes().items() if not issubclass(cls, ConvReplacement)]
 
 
 @pytest.mark.parametrize('package', ['mmdet', 'mmseg'])
-@pytest.mark.parametrize('name', list(attention_classes()))
+@pytest.mark.parametrize('name', PLUGINS)
 def test_every_module_at_every_plugin_position(name, package):
     if package == 'mmdet':
         from mmdet.models.backbones.resnet import Bottleneck

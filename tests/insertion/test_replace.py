@@ -363,3 +363,22 @@ def test_checkpoints_of_replaced_models_save_and_load(tmp_path):
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(outputs(again, x)[0], outputs(model, x)[0])
+
+
+def test_init_weights_gives_inserted_modules_their_own_initialisation():
+    """mmpretrain's ResLayer is a plain Sequential: mmengine's init_weights would not reach the
+    modules in the blocks or in attention_sites, and the ResNet's Kaiming init_cfg would
+    overwrite their papers' initialisation."""
+    model = replaced(small(), dict(attention='GC', at='paper'),
+                     dict(attention='ACmix', replace='layer4.*.conv2'))
+    model.init_weights()
+    gc = model.attention_sites['layer2-0-bn3'].attentions['gc']
+    assert not gc.channel_add_conv[-1].weight.any()  # GC's zero last conv
+    acmix = model.layer4[0].conv2
+    reference = type(acmix).from_conv(nn.Conv2d(acmix.in_channels, acmix.out_channels, 3,
+                                                acmix.stride, 1, bias=False))
+    torch.testing.assert_close(acmix.dep_conv.weight, reference.dep_conv.weight)  # shifts
+    import pickle
+    clone = pickle.loads(pickle.dumps(model))
+    clone.init_weights()
+    assert clone.__dict__['init_weights'].model is clone
