@@ -29,6 +29,8 @@ NETWORKS = [
     ('resnet50/resnet50-sasa_8xb32_in1k.py', 18_038_632,
      'SASA ResNet-50 18.0M (conv stem + attention, as summarised from the paper; '
      'not confirmed at the source)'),
+    ('resnet50/resnet50-san_8xb32_in1k.py', 15_675_440,
+     'no ResNet-50 figure: the paper uses SAN only in its own SAN10/15/19 networks'),
 ]
 
 
