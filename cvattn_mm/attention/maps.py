@@ -56,6 +56,18 @@ def spatial_map(gate: torch.Tensor, shape: Sequence[int], title: str) -> Attenti
     return AttentionMap('spatial', gate.mean(1).expand(shape[0], *shape[2:]), title)
 
 
+def axis_gate_maps(a_h: torch.Tensor, a_w: torch.Tensor,
+                   shape: Sequence[int]) -> Dict[str, AttentionMap]:
+    """'h_gate' (N, C, H, 1), 'w_gate' (N, C, 1, W) and their product 'gate', each averaged
+    over C to (N, H, W): the maps of the modules that gate by one vector per row and one per
+    column (CoordAttention, ELA)."""
+    return {
+        'h_gate': spatial_map(a_h, shape, 'H gate, mean over C'),
+        'w_gate': spatial_map(a_w, shape, 'W gate, mean over C'),
+        'gate': spatial_map(a_h * a_w, shape, 'H gate x W gate, mean over C'),
+    }
+
+
 def weights_map(weights: torch.Tensor, grid: Sequence[int], title: str) -> AttentionMap:
     """A 'weights' map (N, h, w) from (N, h * w) (or (N, 1, h * w)) weights over ``grid``."""
     return AttentionMap('weights', weights.reshape(weights.shape[0], *grid), title)

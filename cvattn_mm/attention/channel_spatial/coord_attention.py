@@ -10,7 +10,7 @@ from ..base import AttentionModule
 from ..checks import reduced_channels
 from ..gating import axis_pooled_gates
 from ..map_norm import build_map_norm
-from ..maps import AttentionMap, spatial_map
+from ..maps import AttentionMap, axis_gate_maps
 
 
 @register_model()
@@ -95,11 +95,7 @@ class CoordAttention(AttentionModule):
     def attention_maps(self, x: torch.Tensor) -> Dict[str, AttentionMap]:
         """'h_gate', 'w_gate' and their product 'gate', each averaged over C (N, H, W)."""
         a_h, a_w = self.gates(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
-        return {
-            'h_gate': spatial_map(a_h, x.shape, 'H gate, mean over C'),
-            'w_gate': spatial_map(a_w, x.shape, 'W gate, mean over C'),
-            'gate': spatial_map(a_h * a_w, x.shape, 'H gate x W gate, mean over C'),
-        }
+        return axis_gate_maps(a_h, a_w, x.shape)
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, reduction={self.reduction}, mip={self.mip}'
