@@ -34,7 +34,7 @@ AMBIGUOUS_NAMES = {
     'PSA': {
         'PolarizedSelfAttention': ('cvattn_mm', 'polarized self-attention (Liu et al., 2021)'),
         'PyramidSplitAttention': ('cvattn_mm', "EPSANet's pyramid split attention (Zhang et "
-                                               'al., 2021)'),
+                                               'al., ACCV 2022)'),
         'PSAHead': ('mmseg', "PSANet's point-wise spatial attention head (Zhao et al., "
                              'ECCV 2018)'),
     },
