@@ -62,7 +62,7 @@ from cvattn_mm.registry import MODELS
 
 names = sorted(attention_classes())
 for name in names:
-    MODELS.build(dict(type=name, in_channels=32))
+    MODELS.build(dict(type=name, in_channels=64))  # PyramidSplitAttention: C / 4 by 16
 x = torch.randn(2, 32, 7, 9)
 try:
     MODELS.build(dict(type='CSRAHead', num_classes=10, in_channels=32))
