@@ -20,6 +20,8 @@ NETWORKS = [
      'OD-ResNet-50 (1x) 28,635,112 (official od_resnet50, counted; README 28.64M)'),
     ('resnet50/resnet50-odconv_8xb32_in1k.py', 90_670_888,
      'OD-ResNet-50 (4x) 90,670,888 (official, counted; README 90.67M)'),
+    ('resnet18/resnet18-odconv_8xb32_in1k.py', 44_901_640,
+     'OD-ResNet-18 (4x) 44,901,640 (official od_resnet18, counted; README 44.90M)'),
     ('resnet50/resnet50-epsa_8xb32_in1k.py', 22_561_715,
      'EPSANet-50 (Small) 22,561,715 (official epsanet50, counted; README 22.56M)'),
     ('resnet50/resnet50-cot_8xb32_in1k.py', 22_222_416,
