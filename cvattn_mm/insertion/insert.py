@@ -31,7 +31,7 @@ from ..attention.base import AttentionModule, loads_checkpoint
 from ..attention.conv_replacement import ConvReplacement
 from ..registry import MODELS, register_model
 from .fusion import check_unfused, conv_norm_pairs
-from .places import candidate_message, paper_places, resolve_places
+from .places import candidate_message, resolve_places
 from .replace import replace_conv, resolve_convs
 from .site import (
     AROUND_SEP,
@@ -242,7 +242,7 @@ def _replace_plan(model: nn.Module, insertion: dict, attention: dict, cls: type)
     return dict(attention=attention, cls=cls, layout=None, replace=True,
                 identity_init=bool(insertion.get('identity_init', False)),
                 init_from_conv=bool(insertion.get('init_from_conv', False)),
-                paths=resolve_convs(model, insertion['replace'], cls, paper_places))
+                paths=resolve_convs(model, insertion['replace'], cls))
 
 
 def _replacement_names() -> List[str]:

@@ -53,14 +53,19 @@ def resolve_places(model: nn.Module, at: Union[str, Sequence[str]],
             matched.append(_around_place(model, pattern, order))
             continue
         suffix = INPUT_SUFFIX if pattern.endswith(INPUT_SUFFIX) else ''
-        base = pattern.removesuffix(INPUT_SUFFIX)
-        hits = [p + suffix for p in paths if fnmatch.fnmatchcase(p, base)]
-        if not hits:
-            raise ValueError(f"at='{pattern}' matches no module of {type(model).__name__}; "
-                             f"use 'paper' or a pattern over module paths; "
-                             f'{candidate_message(model, pattern)}')
-        matched += hits
+        matched += [p + suffix for p in match_paths(model, pattern.removesuffix(INPUT_SUFFIX),
+                                                    f"at='{pattern}'")]
     return sorted(set(matched), key=lambda p: (order[host_of(p)], p))
+
+
+def match_paths(model: nn.Module, pattern: str, what: str) -> List[str]:
+    """The module paths of ``model`` that the ``fnmatch`` ``pattern`` matches, in module
+    order; a ValueError beginning with ``what`` (``"at='...'"``) when there is none."""
+    hits = [p for p, _ in model.named_modules() if p and fnmatch.fnmatchcase(p, pattern)]
+    if not hits:
+        raise ValueError(f"{what} matches no module of {type(model).__name__}; use 'paper' or "
+                         f'a pattern over module paths; {candidate_message(model, pattern)}')
+    return hits
 
 
 def _around_place(model: nn.Module, pattern: str, order: dict) -> str:

@@ -17,6 +17,7 @@ from mmengine.logging import print_log
 
 from ..attention.conv_replacement import ConvReplacement
 from .fusion import conv_norm_pairs
+from .places import match_paths, paper_places
 
 
 def conv_description(module: ConvReplacement) -> str:
@@ -26,36 +27,23 @@ def conv_description(module: ConvReplacement) -> str:
             f'{", bias" if module.with_bias else ""})')
 
 
-def replaced_convs(model: nn.Module) -> List[str]:
-    """Paths of the modules of ``model`` that replaced a conv (``replace=`` insertions)."""
-    return [path for path, m in model.named_modules()
-            if isinstance(m, ConvReplacement) and m.__dict__.get('replaced') is not None]
-
-
-def resolve_convs(model: nn.Module, patterns: Union[str, Sequence[str]], cls: type,
-                  places_of_paper) -> List[str]:
+def resolve_convs(model: nn.Module, patterns: Union[str, Sequence[str]],
+                  cls: type) -> List[str]:
     """The conv paths of ``model`` that ``replace=`` names: ``'paper'`` (the preset of
     ``cls.paper_position``) or ``fnmatch`` patterns; each must be an ``nn.Conv2d``."""
-    import fnmatch
-
-    from .places import candidate_message
-    paths = places_of_paper(model, cls, 'replace') if patterns == 'paper' else None
-    if paths is None:
+    if patterns == 'paper':
+        paths = paper_places(model, cls, 'replace')
+    else:
         if isinstance(patterns, str):
             patterns = [patterns]
         if not isinstance(patterns, (list, tuple)) or not patterns or \
                 not all(isinstance(p, str) and p for p in patterns):
             raise ValueError(f"replace= must be 'paper' or module-path patterns of convs, got "
                              f'{patterns!r}')
-        names = [p for p, _ in model.named_modules() if p]
         paths = []
         for pattern in patterns:
-            hits = [p for p in names if fnmatch.fnmatchcase(p, pattern)]
-            if not hits:
-                raise ValueError(f"replace='{pattern}' matches no module of "
-                                 f'{type(model).__name__}; '
-                                 f'{candidate_message(model, pattern)}')
-            paths += [p for p in hits if p not in paths]
+            paths += [p for p in match_paths(model, pattern, f"replace='{pattern}'")
+                      if p not in paths]
     for path in paths:
         module = model.get_submodule(path)
         if isinstance(module, ConvReplacement):
