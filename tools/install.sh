@@ -8,20 +8,23 @@
 #   1. a virtual environment in .venv (git-ignored), unless CVATTN_PYTHON names a Python;
 #   2. torch 2.14.1 + torchvision 0.29.1, only when no torch is installed (a torch that is
 #      already there, e.g. a user's CUDA build, is never replaced);
-#   3. mmcv 2.1.0 compiled WITH ops from the PyPI sdist (setuptools<82, no build isolation,
-#      -std=c++20 for torch>=2.14 headers). The wheel is cached outside the repository in
-#      $CVATTN_WHEELHOUSE (default ~/.cache/cvattn_mm/wheels), keyed by the torch version and
-#      Python tag, so the ~13 minute compile happens once per machine and torch;
+#   3. mmcv 2.0.1 compiled WITH ops from the PyPI sdist (setuptools<82, no build isolation,
+#      -std=c++20 for torch>=2.14 headers). 2.0.1 is the newest mmcv that every package of the
+#      stack accepts, mmyolo 0.6.0 included (it asserts mmcv < 2.1.0). The wheel is cached
+#      outside the repository in $CVATTN_WHEELHOUSE (default ~/.cache/cvattn_mm/wheels), keyed
+#      by the mmcv version, torch version and Python tag, so the ~20 minute compile happens
+#      once per machine and torch;
 #   4. the OpenMMLab stack, the optional and test requirements, openmim without its harmful
 #      dependencies, and cvattn_mm itself (editable);
-#   5. a self-check: mmcv ops load, mmdet/mmseg/mmpretrain import their models, cvattn_mm
-#      imports. Any failure stops with the reason.
+#   5. a self-check: mmcv ops load, mmdet/mmseg/mmpretrain/mmyolo import their models,
+#      cvattn_mm imports. Any failure stops with the reason.
 # A stamp in the environment records the hash of the requirement files, so a second run with
 # nothing to do only re-runs the self-check.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MMCV_VERSION=2.1.0
+MMCV_VERSION=2.0.1
+export MMCV_VERSION
 TORCH_DEFAULT="torch==2.14.1 torchvision==0.29.1"
 WHEELHOUSE_ROOT=${CVATTN_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/cvattn_mm/wheels}
 
@@ -59,12 +62,13 @@ try:
     import mmcv
     from mmcv.ops import nms, roi_align  # noqa: F401  compiled ops
     import mmcv._ext  # noqa: F401
-    if mmcv.__version__ != '2.1.0':
-        problems.append(f'mmcv is {mmcv.__version__}, expected 2.1.0')
+    import os
+    if mmcv.__version__ != os.environ['MMCV_VERSION']:
+        problems.append(f'mmcv is {mmcv.__version__}, expected {os.environ["MMCV_VERSION"]}')
 except Exception as e:  # noqa: BLE001
     problems.append(f'mmcv compiled ops do not load: {e!r}')
-for name in ('mmengine', 'mmdet.models', 'mmseg.models', 'mmpretrain.models', 'einops',
-             'cvattn_mm'):
+for name in ('mmengine', 'mmdet.models', 'mmseg.models', 'mmpretrain.models', 'mmyolo.models',
+             'einops', 'cvattn_mm'):
     try:
         importlib.import_module(name)
     except Exception as e:  # noqa: BLE001
@@ -72,10 +76,10 @@ for name in ('mmengine', 'mmdet.models', 'mmseg.models', 'mmpretrain.models', 'e
 if problems:
     print('\n'.join(problems), file=sys.stderr)
     sys.exit(1)
-import mmdet, mmpretrain, mmseg, mmengine  # noqa: E401,E402
+import mmdet, mmpretrain, mmseg, mmengine, mmyolo  # noqa: E401,E402
 print(f'torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__} '
       f'(ops), mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, '
-      f'mmseg {mmseg.__version__}')
+      f'mmseg {mmseg.__version__}, mmyolo {mmyolo.__version__}')
 EOF
 }
 
@@ -110,14 +114,14 @@ else
     HOUSE=$WHEELHOUSE_ROOT/mmcv-$MMCV_VERSION-$KEY
     WHEEL=$(ls "$HOUSE"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
     if [[ -z $WHEEL ]]; then
-        say "compiling mmcv $MMCV_VERSION with ops for $KEY (about 13 minutes on 2 cores, once per machine)"
+        say "compiling mmcv $MMCV_VERSION with ops for $KEY (about 20 minutes on 2 cores, once per machine)"
         BUILD=$(mktemp -d)
         trap 'rm -rf "$BUILD"' EXIT
         "${PIP[@]}" download --no-deps --no-binary :all: --no-build-isolation -d "$BUILD" "mmcv==$MMCV_VERSION" \
             || die "could not download the mmcv $MMCV_VERSION sdist"
         tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
-        # torch >= 2.14 headers need C++20; mmcv 2.1.0 hard-codes -std=c++17
-        sed -i "s/'-std=c++17'/'-std=c++20'/g" "$BUILD/mmcv-$MMCV_VERSION/setup.py"
+        # torch >= 2.14 headers need C++20; mmcv 2.0.1 hard-codes -std=c++14 and -std=c++17
+        sed -i "s/-std=c++1[47]/-std=c++20/g" "$BUILD/mmcv-$MMCV_VERSION/setup.py"
         MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel --no-build-isolation --no-deps \
             --no-cache-dir -w "$BUILD/dist" "$BUILD/mmcv-$MMCV_VERSION" \
             || die "compiling mmcv failed (see the compiler output above)"
