@@ -9,7 +9,7 @@ import statistics
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Sequence, Union
+from typing import Union
 
 import torch
 from mmengine.config import Config, ConfigDict
@@ -180,17 +180,3 @@ def train_and_evaluate(cfg: Config, work_dir: str, name: str, progress: bool = T
         attention_params=attention_parameters(model), train_seconds=train_seconds,
         latency_ms=latency, work_dir=work_dir)
 
-
-def format_table(results: Sequence[RunResult]) -> str:
-    """A Markdown table of runs; the first one is the reference of the differences."""
-    if not results:
-        return ''
-    first = results[0]
-    rows = [f'| model | {first.metric_name} | vs first | params | + attention | '
-            'train (s) | inference (ms/img) |',
-            '|---|---:|---:|---:|---:|---:|---:|']
-    for r in results:
-        delta = r.metric - first.metric
-        rows.append(f'| {r.name} | {r.metric:.2f} | {delta:+.2f} | {r.params / 1e6:.2f}M | '
-                    f'{r.attention_params:,} | {r.train_seconds:.0f} | {r.latency_ms:.2f} |')
-    return '\n'.join(rows)
