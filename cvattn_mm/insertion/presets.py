@@ -10,6 +10,7 @@ there are natural ones.
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
+from mmcv.cnn import ConvModule
 
 PAPER_PRESETS: Dict[str, Callable[[nn.Module, str], Optional[List[str]]]] = {}
 
@@ -18,7 +19,15 @@ SUBSTITUTES: Dict[Tuple[str, str], Tuple[str, str]] = {
     ('ResNet', 'after_mid_norm'): (
         'layer*.*.bn1', "a BasicBlock has no bottleneck 3x3 conv; its first 3x3 conv's norm "
         'takes that role (as in configs/classification/resnet18/resnet18-sk_8xb32_in1k.py)'),
+    ('CSPNeXt', 'replaces_mid_conv'): (
+        'stage*.*.blocks.*.conv1.conv', "a CSPNeXtBlock's mid conv is a 5x5 depthwise conv, "
+        'which the replacing modules (dense 3x3 convs in their papers) do not take; its dense '
+        '3x3 conv1 can be replaced instead'),
 }
+
+#: Positions that a neck's output levels cannot take: they need stages of blocks (around) or
+#: a residual branch's convs (replacing).
+NOT_ON_OUTPUTS = ('around_stage', 'replaces_mid_conv', 'replaces_block_convs')
 
 
 def register_preset(*class_names: str):
@@ -173,6 +182,97 @@ def mobilenet_v2_places(model: nn.Module, position: str) -> Optional[List[str]]:
 def fpn_places(model: nn.Module, position: str) -> Optional[List[str]]:
     """FPN (mmdet, mmseg): every output level, whatever the module's paper position (but
     'around_stage', which needs stages of blocks, and the replacing positions)."""
-    if position in ('around_stage', 'replaces_mid_conv', 'replaces_block_convs'):
+    if position in NOT_ON_OUTPUTS:
         return None
     return [f'fpn_convs.{i}' for i in range(len(model.fpn_convs))]
+
+
+def _csp_layers(model: nn.Module, stages: List[str]) -> List[str]:
+    """The path of each stage's CSP layer: the child that holds the bottleneck ``blocks``
+    (``stage*.1``; ``stage4.2`` after the SPP of YOLOX and CSPNeXt)."""
+    paths = []
+    for stage in stages:
+        found = [f'{stage}.{name}' for name, child in getattr(model, stage).named_children()
+                 if isinstance(getattr(child, 'blocks', None), (nn.Sequential, nn.ModuleList))]
+        if len(found) != 1:
+            raise ValueError(f'{type(model).__name__}.{stage} should hold one CSP layer (a child '
+                             f'with bottleneck blocks), found {len(found)}: {found}')
+        paths += found
+    return paths
+
+
+def _mid_conv(path: str, block: nn.Module) -> Tuple[str, ConvModule]:
+    """``(path, ConvModule)`` of a CSP bottleneck's 'mid' conv: the spatial conv of its last
+    conv module ``conv2``, whose output ends the residual branch.
+
+    That is ``conv2`` itself when it is a ConvModule: the 3x3 conv after the 1x1 ``conv1`` in
+    YOLOv5's and YOLOX's DarknetBottleneck; YOLOv8's has two 3x3 convs, and the last one is
+    taken, as before_mid_norm's '(last) 3x3 conv' in ResNet's BasicBlock. When ``conv2`` is
+    depthwise-separable (CSPNeXtBlock: 3x3 conv1, then 5x5 depthwise and 1x1 pointwise; YOLOX
+    with ``use_depthwise``), it is the depthwise conv: like ResNet's 3x3 it sits before the
+    block's last 1x1 conv, and it is the block's large-kernel spatial conv, as the depthwise
+    conv is in the MobileNetV2 preset.
+    """
+    if hasattr(block.conv2, 'depthwise_conv'):
+        return f'{path}.conv2.depthwise_conv', block.conv2.depthwise_conv
+    return f'{path}.conv2', block.conv2
+
+
+@register_preset('YOLOv5CSPDarknet', 'YOLOv8CSPDarknet', 'YOLOXCSPDarknet', 'CSPDarknet',
+                 'CSPNeXt')
+def csp_places(model: nn.Module, position: str) -> Optional[List[str]]:
+    """The CSP backbones of mmyolo (YOLOv5/YOLOv8/YOLOX CSPDarknet, RTMDet's CSPNeXt) and mmdet
+    (CSPDarknet, CSPNeXt): a stem, then stages of a downsampling ConvModule, a CSP layer of
+    bottleneck ``blocks`` and, in the last stage, an SPP(F) block (before the CSP layer in
+    YOLOX and CSPNeXt, after it in YOLOv5 and YOLOv8). No paper defines positions there; these
+    are the equivalents of ResNet's on the bottlenecks of the CSP layers."""
+    stages = [name for name in model.layers if name != 'stem']
+    csp_layers = _csp_layers(model, stages)
+    blocks = [(f'{csp}.blocks.{i}', block) for csp in csp_layers
+              for i, block in enumerate(model.get_submodule(csp).blocks)]
+    if position == 'backbone_input':
+        return ['stem:input']
+    if position == 'before_every_conv':  # stem, downsampling, CSP, bottleneck and SPP convs
+        return ['.'.join(filter(None, (layer, path, 'conv:input')))
+                for layer in model.layers
+                for path, module in getattr(model, layer).named_modules()
+                if isinstance(module, ConvModule)]
+    if position == 'around_stage':  # stages 1 to 3: from the downsampling conv's output (as
+        # from ResNet's block 0) through the CSP layer (the stage's other blocks)
+        return [f'{csp}~{csp}' for csp in csp_layers[:3]]
+    if position == 'stage_last_residual_end':
+        position = 'residual_end'
+        blocks = [(f'{csp}.blocks.{len(model.get_submodule(csp).blocks) - 1}',
+                   model.get_submodule(csp).blocks[-1]) for csp in csp_layers]
+    position, blocks = _late_blocks(position, blocks, stages[0])
+    if position == 'residual_end':  # conv2 ends the branch, before the add (if add_identity)
+        return [f'{p}.conv2' for p, _ in blocks]
+    mids = [_mid_conv(p, b) for p, b in blocks]
+    if position == 'before_mid_norm':
+        return [f'{p}.conv' for p, _ in mids]
+    if position == 'after_mid_norm':
+        return [f'{p}.{m.norm_name}' for p, m in mids] if all(m.with_norm for _, m in mids) \
+            else None
+    if position == 'after_mid_conv':  # for a plain conv2 this is residual_end's place
+        return [p for p, _ in mids]
+    if position == 'replaces_mid_conv':  # the replacing modules take dense convs
+        return [f'{p}.conv' for p, m in mids] if all(m.conv.groups == 1 for _, m in mids) \
+            else None
+    if position == 'replaces_block_convs':
+        return [f'{p}.{name}.conv' for p, b in blocks for name, m in b.named_modules()
+                if isinstance(m, ConvModule)]
+    # the CSP layers' outputs, also in the last stage of YOLOv5/YOLOv8 where the SPPF follows:
+    # so the place is the same kind of module in every stage and family (YOLOX and CSPNeXt
+    # put their SPP before the CSP layer)
+    return _stage_ends(csp_layers, position)
+
+
+@register_preset('BaseYOLONeck', 'YOLOXPAFPN', 'CSPNeXtPAFPN')
+def yolo_neck_places(model: nn.Module, position: str) -> Optional[List[str]]:
+    """The PAFPN necks of mmyolo (BaseYOLONeck: YOLOv5/YOLOv8/YOLOX/CSPNeXt PAFPN, ...) and
+    mmdet (YOLOXPAFPN, CSPNeXtPAFPN): every output level, as in FPN (not the bottlenecks of
+    the neck's CSP layers)."""
+    if position in NOT_ON_OUTPUTS:
+        return None
+    outputs = 'out_layers' if hasattr(model, 'out_layers') else 'out_convs'
+    return [f'{outputs}.{i}' for i in range(len(getattr(model, outputs)))]
