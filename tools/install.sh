@@ -15,7 +15,8 @@
 #      by the mmcv version, torch version and Python tag, so the ~20 minute compile happens
 #      once per machine and torch;
 #   4. the OpenMMLab stack, the optional and test requirements, openmim without its harmful
-#      dependencies, and cvattn_mm itself (editable);
+#      dependencies, mmaction2 without its dependencies (the registry-collision test lists its
+#      names), and cvattn_mm itself (editable);
 #   5. a self-check: mmcv ops load, mmdet/mmseg/mmpretrain/mmyolo import their models,
 #      cvattn_mm imports. Any failure stops with the reason.
 # A stamp in the environment records the hash of the requirement files, so a second run with
@@ -143,6 +144,10 @@ fi
     -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/build.txt"
 mmcv_ok || die "mmcv $MMCV_VERSION is installed but its compiled ops do not load"
 "${PIP[@]}" install --no-deps openmim==0.3.9
+# mmaction2 only for the registry-collision test (tests/test_registry.py enumerates its names);
+# without its dependencies, which would add opencv-contrib-python beside opencv-python (both
+# own cv2) and decord. Its wheel lacks models/localizers/drn; the test stands in for it.
+"${PIP[@]}" install --no-deps mmaction2==1.2.0
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 
 # 5. self-check

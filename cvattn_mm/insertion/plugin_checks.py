@@ -1,4 +1,5 @@
-"""Checks of mmdet's and mmseg's ResNet ``plugins=`` in a model config, before it is built.
+"""Checks of ``plugins=`` in a model config (mmdet's and mmseg's ResNet, mmyolo's backbones),
+before it is built (tools/train.py, ``cvattn-mm insertions``).
 
 Built as is, a mistyped plug-in type fails in mmcv's ``build_plugin_layer`` with "Cannot find
 None in registry", plug-ins on a BasicBlock ResNet fail with mmdet's "Not implemented yet.",
@@ -21,7 +22,7 @@ def check_plugins(model_cfg: Any, scope: str) -> None:
 
     Args:
         model_cfg: A model config (dicts and lists).
-        scope: The config's default scope (``'mmdet'``, ``'mmseg'``).
+        scope: The config's default scope (``'mmdet'``, ``'mmseg'``, ``'mmyolo'``).
 
     Raises:
         KeyError: A plug-in type is not registered (the closest names are listed).
