@@ -14,15 +14,26 @@ from mmcv.cnn import ConvModule
 
 PAPER_PRESETS: Dict[str, Callable[[nn.Module, str], Optional[List[str]]]] = {}
 
+#: Why the CSP presets leave replaces_mid_conv to explicit patterns.
+_CONV_MODULE_CAVEAT = (
+    "for the modules that keep the host's norm (PyramidSplitAttention, SASA, SAN, SCConv, "
+    'ACmix); SKConv and CoT absorb the norm and end with their own ReLU, which the '
+    "ConvModule's SiLU would follow: not their paper's block, and identity_init would not be "
+    'exact')
+
 #: ``(backbone class name, paper position) -> (pattern, why)`` where a preset returns None.
 SUBSTITUTES: Dict[Tuple[str, str], Tuple[str, str]] = {
     ('ResNet', 'after_mid_norm'): (
         'layer*.*.bn1', "a BasicBlock has no bottleneck 3x3 conv; its first 3x3 conv's norm "
         'takes that role (as in configs/classification/resnet18/resnet18-sk_8xb32_in1k.py)'),
+    **{(name, 'replaces_mid_conv'): (
+        'stage*.*.blocks.*.conv2.conv', 'the 3x3 conv sits in an mmcv ConvModule, whose '
+        f'activation runs after it; give the pattern with replace= {_CONV_MODULE_CAVEAT}')
+       for name in ('YOLOv5CSPDarknet', 'YOLOv8CSPDarknet', 'YOLOXCSPDarknet', 'CSPDarknet')},
     ('CSPNeXt', 'replaces_mid_conv'): (
         'stage*.*.blocks.*.conv1.conv', "a CSPNeXtBlock's mid conv is a 5x5 depthwise conv, "
         'which the replacing modules (dense 3x3 convs in their papers) do not take; its dense '
-        '3x3 conv1 can be replaced instead'),
+        f'3x3 conv1 can be: give the pattern with replace= {_CONV_MODULE_CAVEAT}'),
 }
 
 #: Positions that a neck's output levels cannot take: they need stages of blocks (around) or
@@ -255,9 +266,8 @@ def csp_places(model: nn.Module, position: str) -> Optional[List[str]]:
             else None
     if position == 'after_mid_conv':  # for a plain conv2 this is residual_end's place
         return [p for p, _ in mids]
-    if position == 'replaces_mid_conv':  # the replacing modules take dense convs
-        return [f'{p}.conv' for p, m in mids] if all(m.conv.groups == 1 for _, m in mids) \
-            else None
+    if position == 'replaces_mid_conv':  # an explicit pattern instead, see SUBSTITUTES
+        return None
     if position == 'replaces_block_convs':
         return [f'{p}.{name}.conv' for p, b in blocks for name, m in b.named_modules()
                 if isinstance(m, ConvModule)]
