@@ -38,7 +38,7 @@ from cvattn_mm.registry import MODELS
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = sorted(osp.relpath(p, ROOT)
                  for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
-SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
+SCOPES = ('mmpretrain', 'mmdet', 'mmseg', 'mmyolo')
 SMALL_PROBE = 64
 
 
@@ -126,6 +126,10 @@ def test_config_builds_its_model(path):
     assert cfg.default_scope in SCOPES, f'{path}: default_scope {cfg.default_scope!r}'
     assert 'cvattn_mm' in cfg.get('custom_imports', {}).get('imports', ()), \
         f'{path}: custom_imports must import cvattn_mm for upstream tools and mim'
+    # the Runner passes every key of a collate_fn dict but 'type' to the function, and
+    # mmengine adds _scope_ to those of a 'mmyolo::' base (open-mmlab/mmyolo#886)
+    collate_fn = cfg.get('train_dataloader', {}).get('collate_fn', {})
+    assert '_scope_' not in collate_fn, f'{path}: train_dataloader.collate_fn has _scope_'
     model = build(cfg)
     assert isinstance(model, BaseModel)
     named = named_classes(cfg.model)
@@ -148,6 +152,7 @@ def resnet_blocks(depths, stages=(1, 2, 3, 4)):
 R50_BLOCKS = (3, 4, 6, 3)
 R18_BLOCKS = (2, 2, 2, 2)
 SWIN_T_BLOCKS = (2, 2, 6, 2)
+YOLOV8_S_BLOCKS = (1, 2, 2, 1)  # the C2f layers' bottlenecks at deepen_factor 0.33
 
 
 def expect(paths, name):
@@ -181,6 +186,15 @@ REPRESENTATIVE = {
     expect([f'{b}.bn3' for b in resnet_blocks(R50_BLOCKS, (2, 3, 4))], 'GC'),
     'detection/mask_rcnn/mask-rcnn_r50-scsa-c3-c5_fpn_1x_coco.py':
     expect([f'{b}.conv3:input' for b in resnet_blocks(R50_BLOCKS, (2, 3, 4))], 'SCSA'),
+    'detection/yolov8/yolov8_s-se_syncbn_fast_8xb16-500e_coco.py':
+    expect([f'stage{s}.1.blocks.{b}.conv2' for s, n in enumerate(YOLOV8_S_BLOCKS, 1)
+            for b in range(n)], 'SE'),
+    'detection/yolov8/yolov8_s-simam_syncbn_fast_8xb16-500e_coco.py':
+    expect([f'stage{s}.1.blocks.{b}.conv2.conv' for s, n in enumerate(YOLOV8_S_BLOCKS, 1)
+            for b in range(n)], 'SimAM'),
+    'detection/rtmdet/rtmdet_tiny-cbam_syncbn_fast_8xb32-300e_coco.py':
+    expect(['stage1.1.blocks.0.conv2', 'stage2.1.blocks.0.conv2', 'stage3.1.blocks.0.conv2',
+            'stage4.2.blocks.0.conv2'], 'CBAM'),
     'segmentation/pspnet/pspnet_r50-d8-external-attention_4xb2-40k_cityscapes-512x1024.py':
     expect(['layer3', 'layer4'], 'ExternalAttention'),
     'segmentation/swin/upernet_swin-tiny-external-attention_8xb2-160k_ade20k-512x512.py':
