@@ -1,4 +1,4 @@
-"""mmyolo end to end: YOLOv8-n with CBAM through tools/train.py and tools/test.py.
+"""mmyolo end to end: YOLOv8-n with CBAM through tools/train.py, tools/test.py and mim.
 
 The config inherits configs/detection/yolov8/yolov8_s-cbam_syncbn_fast_8xb16-500e_coco.py and
 makes it YOLOv8-n as mmyolo's yolov8_n config does (widen_factor 0.25 in backbone, neck and
@@ -16,10 +16,11 @@ Everything else is the recipe: YOLOv8 head and losses, BatchTaskAlignedAssigner,
 YOLOv5OptimizerConstructor, YOLOv5ParamSchedulerHook (warm-up), EMAHook, CocoMetric. Two
 rounds of subprocesses:
 
-1. train 1 epoch (2 iterations), validate (COCO bbox), save epoch_1.pth;
-2. at the same time: ``--resume`` to 2 epochs in the same work dir (a hook saves the attention
-   weights that training starts from, tests/tools/attention_snapshot.py) | ``tools/test.py``
-   of epoch_1.pth.
+1. train 1 epoch (2 iterations), validate (COCO bbox), save epoch_1.pth | ``mim train mmyolo``
+   (mmyolo's own tools/train.py) of the same config, in another work dir;
+2. ``--resume`` to 2 epochs in the same work dir (a hook saves the attention weights that
+   training starts from, tests/tools/attention_snapshot.py) | ``tools/test.py`` of
+   epoch_1.pth.
 """
 import math
 import re
@@ -34,7 +35,7 @@ import cvattn_mm  # noqa: F401
 from cvattn_mm.datasets import generate_dataset
 from cvattn_mm.registry import MODELS
 
-from .processes import ROOT, python, run_together, succeeded
+from .processes import ROOT, mim, python, run_together, succeeded
 
 BASE = f'{ROOT}/configs/detection/yolov8/yolov8_s-cbam_syncbn_fast_8xb16-500e_coco.py'
 TINY = """\
@@ -105,17 +106,20 @@ def workspace(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def trained(workspace):
+def round1(workspace):
+    """tools/train.py and mim's run of the same config, at the same time."""
     root, config = workspace
-    return run_together({'train': (python('train.py', config, '--work-dir', 'train'), {})},
-                        root)['train']
+    return run_together({
+        'train': (python('train.py', config, '--work-dir', 'train'), {}),
+        'mim_train': (mim('train', 'mmyolo', config, '--work-dir', 'mim', '--gpus', '0'), {})},
+        root)
 
 
 @pytest.fixture(scope='module')
-def round2(workspace, trained):
+def round2(workspace, round1):
     """The resumed run and the test of the first checkpoint, at the same time."""
     root, config = workspace
-    succeeded(trained)
+    succeeded(round1['train'])
     return run_together({
         'resume': (python('train.py', config, '--work-dir', 'train', '--resume', '--cfg-options',
                           'train_cfg.max_epochs=2'), {}),
@@ -123,9 +127,9 @@ def round2(workspace, trained):
                         'test'), {})}, root)
 
 
-def test_trains_a_few_iterations_and_evaluates_coco_bbox(workspace, trained):
+def test_trains_a_few_iterations_and_evaluates_coco_bbox(workspace, round1):
     root, _ = workspace
-    output = succeeded(trained)
+    output = succeeded(round1['train'])
     assert 'Epoch(train) [1][2/2]' in output
     losses = logged('loss', output)
     assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
@@ -134,9 +138,9 @@ def test_trains_a_few_iterations_and_evaluates_coco_bbox(workspace, trained):
     assert (root / 'train' / 'epoch_1.pth').is_file()
 
 
-def test_checkpoint_holds_cbam_at_the_bottlenecks_and_loads_into_the_model(workspace, trained):
+def test_checkpoint_holds_cbam_at_the_bottlenecks_and_loads_into_the_model(workspace, round1):
     root, config = workspace
-    succeeded(trained)
+    succeeded(round1['train'])
     cfg = Config.fromfile(config)
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         model = MODELS.build(cfg.model)
@@ -177,3 +181,18 @@ def test_test_evaluates_the_checkpoint(workspace, round2):
     assert f'Load checkpoint from {root / "train" / "epoch_1.pth"}' in output
     maps = logged('coco/bbox_mAP', output)
     assert len(maps) == 1 and 0 <= maps[0] <= 1
+
+
+def test_mim_train_mmyolo_builds_cvattn_mm_cbam_and_trains(workspace, round1):
+    """mmyolo registers a CBAM of its own; InsertAttention builds cvattn_mm's (its spatial
+    conv and norm keys) also under mmyolo's train.py, which imports cvattn_mm through
+    ``custom_imports``."""
+    root, _ = workspace
+    output = succeeded(round1['mim_train'])
+    assert 'mmyolo/.mim/tools/train.py' in output
+    maps = logged('coco/bbox_mAP', output)
+    assert len(maps) == 1 and 0 <= maps[0] <= 1
+    state = torch.load(root / 'mim' / 'epoch_1.pth', map_location='cpu',
+                       weights_only=False)['state_dict']
+    site = 'backbone.attention_sites.stage1-1-blocks-0-conv2.attentions.cbam'
+    assert f'{site}.spatial_conv.weight' in state and f'{site}.spatial_norm.weight' in state
