@@ -20,7 +20,8 @@ their hyper-parameters (``replace.py``): the conv's keys go, the module's come.
 """
 import copy
 import inspect
-from typing import Dict, List, Optional, Sequence, Tuple
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -410,6 +411,17 @@ def probe_outputs(model: nn.Module, paths: List[str],
     return outputs
 
 
+def _widened(model: nn.Module) -> List[int]:
+    """mmyolo's ``make_divisible(c, widen_factor)`` (to a multiple of 8) of each level."""
+    return [math.ceil(c * model.widen_factor / 8) * 8 for c in model.in_channels]
+
+
+#: Necks that keep the ``in_channels`` they were given and widen them when they build their
+#: layers (mmyolo 0.6's YOLOv5PAFPN and YOLOv8PAFPN): the channels of their real inputs.
+NECK_INPUT_CHANNELS: Dict[str, Callable[[nn.Module], List[int]]] = {
+    'YOLOv5PAFPN': _widened, 'YOLOv8PAFPN': _widened}
+
+
 def default_example_inputs(model: nn.Module, size: int = 224) -> Tuple:
     """One image whose channels are those of the first conv (for necks with a list of
     ``in_channels``: one map per level, at strides 4, 8, 16, ...)."""
@@ -417,6 +429,10 @@ def default_example_inputs(model: nn.Module, size: int = 224) -> Tuple:
     kwargs = dict(dtype=param.dtype if param is not None else torch.float32,
                   device=param.device if param is not None else 'cpu')
     in_channels = getattr(model, 'in_channels', None)
+    widen = next((NECK_INPUT_CHANNELS[k.__name__] for k in type(model).__mro__
+                  if k.__name__ in NECK_INPUT_CHANNELS), None)
+    if widen is not None:
+        in_channels = widen(model)
     if isinstance(in_channels, (list, tuple)):
         return (tuple(torch.zeros(1, c, size // 4 >> i, size // 4 >> i, **kwargs)
                       for i, c in enumerate(in_channels)), )

@@ -101,11 +101,11 @@ def paper_places(model: nn.Module, attention_cls: type, key: str = 'at') -> List
         raise ValueError(
             f"{key}='paper': no paper-position preset for {type(model).__name__} (presets exist "
             f'for {", ".join(sorted(PAPER_PRESETS))}); give module-path patterns instead, '
-            f'e.g. at=\'stages.*\'; {candidate_message(model, "stage")}')
+            f'e.g. {key}=\'stages.*\'; {candidate_message(model, "stage")}')
     places = preset(model, position)
     if not places:
         substitute = find_substitute(model, position)
-        hint = (f"use at='{substitute[0]}' instead: {substitute[1]}" if substitute else
+        hint = (f"use {key}='{substitute[0]}' instead: {substitute[1]}" if substitute else
                 f'give module-path patterns instead; {candidate_message(model, "conv2")}')
         raise ValueError(
             f"{key}='paper': {attention_cls.__name__}'s paper position '{position}' "

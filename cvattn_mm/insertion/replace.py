@@ -85,6 +85,7 @@ def replace_conv(model: nn.Module, path: str, cls: type, options: dict,
                              f'BatchNorm follows {path} among the children of '
                              f'{parent_path or "the model"}')
         norm_name = pair.norm
+        _check_host_activation(parent, parent_path, path, cls)
     norm = parent._modules[norm_name] if norm_name else None
     if init_from_conv or exact:
         computes_conv = module.init_from_conv(conv, norm)
@@ -101,6 +102,28 @@ def replace_conv(model: nn.Module, path: str, cls: type, options: dict,
     if norm_name:
         parent._modules[norm_name] = nn.Identity()
     return module
+
+
+#: Activations a host may apply after the norm of a conv that a module replaces.
+HOST_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU,
+                    nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+                    nn.Tanh)
+
+
+def _check_host_activation(parent: nn.Module, parent_path: str, path: str, cls: type) -> None:
+    """A module that absorbs the norm ends with its own ReLU, and the host's activation then
+    runs on its output: only a ReLU (idempotent) keeps the block's function. A parent whose
+    activation children are anything else (an mmcv ConvModule with SiLU, as in the YOLO
+    backbones) is refused."""
+    others = sorted({type(m).__name__ for m in parent.children()
+                     if isinstance(m, HOST_ACTIVATIONS) and type(m) is not nn.ReLU})
+    if others:
+        raise ValueError(
+            f'{cls.__name__} ends with its own norm and ReLU, and the host then applies its '
+            f'activation after the replaced norm; {parent_path or "the model"} applies '
+            f'{", ".join(others)} there (not ReLU), so replacing {path} would change the '
+            "block's function: replace convs whose norm a ReLU follows, or use a module that "
+            'keeps the host\'s norm (absorbs_norm=False)')
 
 
 def _count(module: Optional[nn.Module]) -> int:

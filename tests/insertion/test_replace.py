@@ -341,6 +341,33 @@ def test_absorbing_needs_a_norm_after_the_conv():
                                        replace='body.block.0')])
 
 
+def test_absorbing_is_refused_where_the_host_activation_is_not_relu():
+    """An absorbing module ends with its ReLU and the host's activation follows: under an mmcv
+    ConvModule with SiLU (the YOLO backbones) the block would change; with ReLU it is kept."""
+    from mmcv.cnn import ConvModule
+
+    def holder(act):
+        model = nn.Module()
+        model.body = ConvModule(8, 8, 3, padding=1, norm_cfg=dict(type='BN'),
+                                act_cfg=dict(type=act))
+        return model
+
+    with pytest.raises(ValueError, match='AbsorbingConvReplacement ends with its own norm and '
+                                         'ReLU.*body applies SiLU there'):
+        insert_attention(holder('SiLU'), [dict(attention='AbsorbingConvReplacement',
+                                               replace='body.conv', identity_init=True)])
+    model = holder('ReLU').eval()  # running statistics on both sides
+    x = torch.randn(2, 8, 6, 5)
+    with torch.no_grad():
+        model.body.bn.running_mean.uniform_(-1, 1)
+        expected = model.body(x)
+    insert_attention(model, [dict(attention='AbsorbingConvReplacement', replace='body.conv',
+                                  identity_init=True)])
+    assert isinstance(model.body.bn, nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().body(x), expected)
+
+
 def test_a_conv_is_replaced_once():
     with pytest.raises(ValueError, match=r"\['layer1.0.conv2'\] named by more than one"):
         replaced(small(), dict(attention='PlainConvReplacement', replace='layer1.0.conv2'),

@@ -12,6 +12,7 @@ from mmengine.registry import DefaultScope
 import cvattn_mm  # noqa: F401
 from cvattn_mm.attention.base import PAPER_POSITIONS
 from cvattn_mm.insertion import insert_attention
+from cvattn_mm.insertion.insert import default_example_inputs
 from cvattn_mm.insertion.presets import csp_places, yolo_neck_places
 from cvattn_mm.registry import MODELS
 
@@ -297,6 +298,20 @@ def test_necks_take_attention_on_every_output_level(name, monkeypatch):
                for p in levels)
     assert_same_outputs(model, plain, inputs)
     assert_host_keys_kept(model, plain)
+
+
+@pytest.mark.parametrize('name', list(NECKS))
+def test_necks_infer_their_input_channels_without_example_inputs(name):
+    """mmyolo's YOLOv5PAFPN and YOLOv8PAFPN keep the unwidened in_channels: the default probe
+    widens them as their layers do, so no example_inputs are needed."""
+    cfg, scope, channels, outputs = NECKS[name]
+    neck = build(cfg, scope)
+    assert [x.shape[1] for x in default_example_inputs(neck)[0]] == list(channels)
+    with torch.no_grad():
+        levels = [y.shape[1] for y in evaluated(neck)(neck_inputs(channels))]
+    with DefaultScope.overwrite_default_scope(scope):
+        insert_attention(neck, [dict(attention='SE')])
+    assert [s.channels for s in neck.attention_sites.values()] == levels
 
 
 def test_yolov8_detector_with_attention_in_its_backbone():
