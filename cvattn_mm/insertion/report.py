@@ -1,9 +1,10 @@
 """What a model's attention is and where: one row per inserted module and per plug-in.
 
 Three mechanisms add attention to a model: ``InsertAttention`` with ``at=`` (sites under
-``attention_sites``) or ``replace=`` (modules in place of convs), and mmdet's/mmseg's ResNet
-``plugins=`` (modules of the Bottleneck blocks, named in their
-``after_conv{1,2,3}_plugin_names``). All are listed, in forward order.
+``attention_sites``) or ``replace=`` (modules in place of convs), and ``plugins=``: mmdet's
+and mmseg's ResNet (modules of the Bottleneck blocks, named in their
+``after_conv{1,2,3}_plugin_names``) and mmyolo's backbones (modules appended to the stages
+they select). All are listed, in forward order.
 """
 from typing import Dict, List, Tuple
 
@@ -38,6 +39,7 @@ def insertion_rows(model: nn.Module) -> List[Dict]:
             rows += _site_rows(prefix, sites)
             rows += _replacement_rows(prefix, module)
         rows += _plugin_rows(model, prefix, module)
+        rows += _stage_plugin_rows(prefix, module)
     return [row for _, row in sorted(rows, key=lambda r: order[r[0]])]
 
 
@@ -84,6 +86,27 @@ def _plugin_rows(model: nn.Module, prefix: str, block: nn.Module) -> List[Tuple[
                 via=f'plugins {position}', channels=getattr(block, conv).out_channels,
                 layout='nchw', attention=type(plugin).__name__, name=name,
                 identity_init=False, params=_count(plugin), replaced_params=0)))
+    return rows
+
+
+def _stage_plugin_rows(prefix: str, backbone: nn.Module) -> List[Tuple[str, Dict]]:
+    """``(plug-in path in the model, row)`` for every plug-in of an mmyolo backbone: its
+    ``make_stage_plugins`` appends the plug-ins that select a stage (``stages=None``: every
+    stage) to the end of that stage, in the order of ``plugins``."""
+    plugins = getattr(backbone, 'plugins', None)
+    if not plugins or not hasattr(backbone, 'make_stage_plugins'):
+        return []
+    rows = []
+    for index, stage_name in enumerate(backbone.layers[1:]):  # layers[0] is the stem
+        stage = getattr(backbone, stage_name)
+        count = sum(p.get('stages') is None or bool(p['stages'][index]) for p in plugins)
+        for k in range(len(stage) - count, len(stage)):
+            plugin, path = stage[k], f'{stage_name}.{k}'
+            rows.append((_join(prefix, path), dict(
+                module=prefix, path=path, via=f'plugins {stage_name}',
+                channels=getattr(plugin, 'in_channels', None), layout='nchw',
+                attention=type(plugin).__name__, name=path, identity_init=False,
+                params=_count(plugin), replaced_params=0)))
     return rows
 
 

@@ -170,3 +170,22 @@ def test_yolo_backbone_plugins_of_the_scoped_name_build_ours(tmp_path):
     assert sum(type(m).__name__ == 'CBAM' for m in detector.modules()) == 2
     outputs = run_detector(detector)
     assert [o.shape[-1] for o in outputs[0]] == [8, 4, 2]
+
+
+def test_the_report_lists_yolo_stage_plugins(tmp_path):
+    """mmyolo's stage plug-ins (appended to the stages that ``stages=`` selects, every stage
+    without it) are rows of the insertion report, as ResNet's Bottleneck plug-ins are."""
+    from cvattn_mm.insertion.report import insertion_rows
+
+    cfg = yolov5_config(tmp_path, (
+        "dict(backbone=dict(plugins=[dict(cfg=dict(type='cvattn_mm.CBAM'), "
+        "stages=(False, False, True, True)), dict(cfg=dict(type='cvattn_mm.SE'))]))"))
+    rows = insertion_rows(build_model(cfg))
+    assert [(r['module'], r['path'], r['via'], r['attention'], r['channels']) for r in rows] == [
+        ('backbone', 'stage1.2', 'plugins stage1', 'SE', 64),
+        ('backbone', 'stage2.2', 'plugins stage2', 'SE', 128),
+        ('backbone', 'stage3.2', 'plugins stage3', 'CBAM', 256),
+        ('backbone', 'stage3.3', 'plugins stage3', 'SE', 256),
+        ('backbone', 'stage4.3', 'plugins stage4', 'CBAM', 512),  # after the SPPF
+        ('backbone', 'stage4.4', 'plugins stage4', 'SE', 512)]
+    assert all(r['params'] > 0 for r in rows)
