@@ -69,7 +69,7 @@ try:
 except Exception as e:  # noqa: BLE001
     problems.append(f'mmcv compiled ops do not load: {e!r}')
 for name in ('mmengine', 'mmdet.models', 'mmseg.models', 'mmpretrain.models', 'mmyolo.models',
-             'einops', 'cvattn_mm'):
+             'albumentations', 'einops', 'cvattn_mm'):
     try:
         importlib.import_module(name)
     except Exception as e:  # noqa: BLE001
@@ -148,6 +148,11 @@ mmcv_ok || die "mmcv $MMCV_VERSION is installed but its compiled ops do not load
 # without its dependencies, which would add opencv-contrib-python beside opencv-python (both
 # own cv2) and decord. Its wheel lacks models/localizers/drn; the test stands in for it.
 "${PIP[@]}" install --no-deps mmaction2==1.2.0
+# albumentations for mmyolo's YOLOv5/YOLOv8 training pipelines (mmdet.Albu). 1.3.1: from 1.4.10
+# on, Compose rejects the other keys of mmdet's results dict ("Key img_shape is not in
+# available keys"). Without its dependencies, which would add opencv-python-headless beside
+# opencv-python (both own cv2); its real needs are in requirements/mminstall.txt.
+"${PIP[@]}" install --no-deps albumentations==1.3.1 qudida==0.0.4
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 
 # 5. self-check

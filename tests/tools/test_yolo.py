@@ -8,8 +8,6 @@ images (batches of 2, num_workers=0). Overridden for that, and said here:
 * ``img_scale`` 128 instead of 640: the train pipeline (Mosaic, YOLOv5RandomAffine with its
   border) and the test pipeline (YOLOv5KeepRatioResize, LetterResize) are written again with
   it, since the base config's pipelines were computed from its own ``img_scale``;
-* no ``mmdet.Albu`` in the train pipeline: albumentations is not installed here (mmyolo lists
-  it as optional; the rest of ``last_transform`` is kept);
 * checkpoints every epoch without ``save_best``; the logger every iteration.
 
 Everything else is the recipe: YOLOv8 head and losses, BatchTaskAlignedAssigner, SGD through
@@ -52,14 +50,13 @@ model = dict(
     neck=dict(widen_factor=widen_factor),
     bbox_head=dict(head_module=dict(widen_factor=widen_factor, num_classes=num_classes)),
     train_cfg=dict(assigner=dict(num_classes=num_classes)))
-last_transform = _base_.last_transform[1:]  # without mmdet.Albu
 train_pipeline = [
     *_base_.pre_transform,
     dict(type='Mosaic', img_scale=img_scale, pad_val=114.0, pre_transform=_base_.pre_transform),
     dict(type='YOLOv5RandomAffine', max_rotate_degree=0.0, max_shear_degree=0.0,
          scaling_ratio_range=(0.5, 1.5), max_aspect_ratio=100,
          border=(-img_scale[0] // 2, -img_scale[1] // 2), border_val=(114, 114, 114)),
-    *last_transform]
+    *_base_.last_transform]  # mmdet.Albu (albumentations 1.3.1), HSV, flip, packing
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='YOLOv5KeepRatioResize', scale=img_scale),
