@@ -63,12 +63,14 @@ TASKS = {
         maps='ResNet-18 + CBAM', val_images='val'),
     'detection': QuickstartTask(
         models=(('RetinaNet R-18', 'det_retinanet_r18.py'),
-                ('RetinaNet R-18 + GC', 'det_retinanet_r18-gc.py')),
-        maps='RetinaNet R-18 + GC', val_images='val'),
+                ('RetinaNet R-18 + SE', 'det_retinanet_r18-se.py'),
+                ('RetinaNet R-18 + CBAM', 'det_retinanet_r18-cbam.py')),
+        maps='RetinaNet R-18 + CBAM', val_images='val'),
     'segmentation': QuickstartTask(
-        models=(('PSPNet R-18', 'seg_pspnet_r18.py'),
-                ('PSPNet R-18 + CBAM', 'seg_pspnet_r18-cbam.py')),
-        maps='PSPNet R-18 + CBAM', val_images='img_dir/val'),
+        models=(('Semantic FPN R-18', 'seg_fpn_r18.py'),
+                ('Semantic FPN R-18 + SE', 'seg_fpn_r18-se.py'),
+                ('Semantic FPN R-18 + CBAM', 'seg_fpn_r18-cbam.py')),
+        maps='Semantic FPN R-18 + CBAM', val_images='img_dir/val'),
 }
 
 

@@ -1,6 +1,6 @@
-"""Detection images in COCO format: objects whose category is the band they sit on.
+"""Detection images in COCO format: objects whose category is their paint under the scene's light.
 
-The scenes are those of :mod:`.band_scene`. Written for mmdet's ``CocoDataset``:
+The scenes are those of :mod:`.lit_scene`. Written for mmdet's ``CocoDataset``:
 ``<split>/<index>.png`` and ``annotations/<split>.json`` with, per object, a tight ``bbox``
 ``[x, y, w, h]`` of its pixels, its ``area`` in pixels, ``iscrowd=0`` and its polygon as
 ``segmentation`` (so instance segmentation models can train on it too).
@@ -9,9 +9,9 @@ import json
 import os
 from typing import Dict
 
-from .band_scene import CLASSES, PALETTE, object_label, render, sample_scene
-from .band_scene import MIN_IMAGE_SIZE as MIN_IMAGE_SIZE  # re-exported: the task interface
 from .drawing import mask_box, save_png, split_rng
+from .lit_scene import CLASSES, PALETTE, object_label, render, sample_scene
+from .lit_scene import MIN_IMAGE_SIZE as MIN_IMAGE_SIZE  # re-exported: the task interface
 
 METAINFO = dict(classes=CLASSES, palette=PALETTE)
 DEFAULT_IMAGE_SIZE = 128

@@ -7,8 +7,8 @@ from .generate import generate_dataset
 #: Size of each task's quickstart data set (configs/quickstart/ train on these).
 QUICKSTART_DATA = {
     'classification': dict(num_train=800, num_val=200, image_size=64),
-    'detection': dict(num_train=400, num_val=100, image_size=128),
-    'segmentation': dict(num_train=400, num_val=100, image_size=128),
+    'detection': dict(num_train=400, num_val=100, image_size=64),
+    'segmentation': dict(num_train=400, num_val=100, image_size=64),
 }
 #: Folder of the quickstart's data sets, relative to the repository (the configs'
 #: ``data_root`` is ``<QUICKSTART_ROOT>/<task>``).

@@ -1,6 +1,6 @@
-"""Segmentation images with class-id masks: objects whose class is the band they sit on.
+"""Segmentation images with class-id masks: objects whose class is their paint under the light.
 
-The scenes are those of :mod:`.band_scene`. Written for mmseg's ``BaseSegDataset``:
+The scenes are those of :mod:`.lit_scene`. Written for mmseg's ``BaseSegDataset``:
 ``img_dir/<split>/<index>.png`` (RGB) and ``ann_dir/<split>/<index>.png`` (single-channel
 uint8, 0 for the background and ``k + 1`` for the pixels of an object of ``CLASSES[k]``).
 """
@@ -9,11 +9,11 @@ from typing import Dict
 
 import numpy as np
 
-from .band_scene import CLASSES as OBJECT_CLASSES
-from .band_scene import MIN_IMAGE_SIZE as MIN_IMAGE_SIZE  # re-exported: the task interface
-from .band_scene import PALETTE as OBJECT_PALETTE
-from .band_scene import object_label, render, sample_scene
 from .drawing import save_png, split_rng
+from .lit_scene import CLASSES as OBJECT_CLASSES
+from .lit_scene import MIN_IMAGE_SIZE as MIN_IMAGE_SIZE  # re-exported: the task interface
+from .lit_scene import PALETTE as OBJECT_PALETTE
+from .lit_scene import object_label, render, sample_scene
 
 CLASSES = ('background', *OBJECT_CLASSES)
 METAINFO = dict(classes=CLASSES, palette=[(0, 0, 0), *OBJECT_PALETTE])

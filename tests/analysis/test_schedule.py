@@ -45,7 +45,7 @@ def test_detection_keeps_its_warm_up_in_iterations():
 
 
 def test_iteration_based_segmentation():
-    cfg = Config.fromfile(QUICKSTART + 'seg_pspnet_r18.py')
+    cfg = Config.fromfile(QUICKSTART + 'seg_fpn_r18.py')
     set_schedule_length(cfg, 120)
     new = schedulers(cfg)
     assert cfg.train_cfg.max_iters == 120 and cfg.train_cfg.val_interval == 120

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mmengine.registry import DefaultScope
 
-from cvattn_mm.datasets import band_scene, classification, generate_dataset
+from cvattn_mm.datasets import classification, generate_dataset, lit_scene
 from cvattn_mm.datasets.drawing import split_rng
 
 # Small sizes keep every test fast.
@@ -159,8 +159,8 @@ def test_detection_loads_in_mmdet_coco_dataset_and_pipeline(tmp_path):
     assert tuple(sample['inputs'].shape) == (3, size, size)
     assert len(gt) == len(dataset.get_data_info(0)['instances']) >= 1
     # The COCO polygons decode (mmdet's rasterisation) to the painted objects and their boxes.
-    image, masks = band_scene.render(
-        band_scene.sample_scene(split_rng(0, 'train', 1, 0), size), size)
+    image, masks = lit_scene.render(
+        lit_scene.sample_scene(split_rng(0, 'train', 1, 0), size), size)
     for decoded, mask, box in zip(gt.masks.to_ndarray().astype(bool), masks,
                                   gt.bboxes.tensor.numpy()):
         assert (decoded & mask).sum() / (decoded | mask).sum() > 0.8
@@ -182,8 +182,8 @@ def test_segmentation_loads_in_mmseg_dataset_and_pipeline(tmp_path):
                     for split in ('train', 'val')}
     for split, dataset in datasets.items():
         assert len(dataset) == info[f'num_{split}']
-        assert dataset.metainfo['classes'] == ('background', 'object_on_hatched',
-                                               'object_on_plain')
+        assert dataset.metainfo['classes'] == ('background', 'reddish_object',
+                                               'greenish_object')
         assert [tuple(c) for c in dataset.metainfo['palette']] == \
             [tuple(c) for c in info['metainfo']['palette']]
     seen = np.zeros(len(info['classes']), dtype=np.int64)
@@ -227,38 +227,64 @@ def test_classification_marker_corner_and_classes_per_shape_vary(tmp_path):
         assert len(per_marker) == 2 and min(per_marker) > 0
 
 
-def test_band_scene_object_class_is_decided_by_its_band():
+def red_green(colour):
+    """ln(red / green) of RGB pixel values (+ 0.5: no zeros)."""
+    colour = np.asarray(colour, dtype=np.float64) + 0.5
+    return np.log(colour[..., 0] / colour[..., 1])
+
+
+def test_lit_scene_only_the_scenes_light_tells_an_objects_paint():
+    """The observed colour of an object alone misclassifies about one object in five; the
+    same colour divided by the scene's average background colour (the light) almost never."""
     size = 64
-    flip = {'hatched': 'plain', 'plain': 'hatched'}
+    alone = relative = total = 0
+    for index in range(60):
+        scene = lit_scene.sample_scene(split_rng(0, 'train', 1, index), size)
+        image, masks = lit_scene.render(scene, size)
+        background = image[~np.any(masks, axis=0)]
+        light = red_green(background.astype(np.float64).mean(0))
+        for obj, mask in zip(scene['objects'], masks):
+            observed = red_green(image[mask].astype(np.float64).mean(0))
+            reddish = lit_scene.object_label(scene, obj) == lit_scene.PAINTS.index('reddish')
+            alone += (observed > 0) == reddish
+            relative += (observed - light > 0) == reddish
+            total += 1
+    assert total > 120
+    assert 0.7 < alone / total < 0.9
+    assert relative / total > 0.97
+
+
+def test_lit_scene_light_changes_the_pixels_not_the_classes():
+    size = 64
     for index in range(6):
-        scene = band_scene.sample_scene(split_rng(0, 'train', 1, index), size)
-        swapped = dict(scene, bands=[dict(b, kind=flip[b['kind']]) for b in scene['bands']])
-        image, masks = band_scene.render(scene, size)
-        image_swapped, masks_swapped = band_scene.render(swapped, size)
-        assert len(masks) == len(scene['objects']) >= 1
-        for obj, mask, mask_swapped in zip(scene['objects'], masks, masks_swapped):
-            # The object's pixels are identical; only its surroundings and class change.
-            assert np.array_equal(mask, mask_swapped)
-            assert np.array_equal(image[mask], image_swapped[mask])
-            assert band_scene.object_label(scene, obj) != band_scene.object_label(swapped, obj)
-        band_pixels = ~np.any(masks, axis=0)
-        assert (image[band_pixels] != image_swapped[band_pixels]).any()
+        scene = lit_scene.sample_scene(split_rng(0, 'train', 1, index), size)
+        relit = dict(scene, light=[1 / g for g in scene['light']])
+        image, masks = lit_scene.render(scene, size)
+        image_relit, masks_relit = lit_scene.render(relit, size)
+        for obj, mask, mask_relit in zip(scene['objects'], masks, masks_relit):
+            assert np.array_equal(mask, mask_relit)
+            assert not np.array_equal(image[mask], image_relit[mask])
+            assert lit_scene.object_label(scene, obj) == lit_scene.object_label(relit, obj)
+            # the paint's sign of ln(red / green) is the class
+            red, green, _ = obj['reflectance']
+            paint = np.log(red / green)
+            low, high = lit_scene.PAINT_CONTRAST
+            assert low <= abs(paint) <= high
+            assert (paint > 0) == (obj['paint'] == lit_scene.PAINTS.index('reddish'))
 
 
-def test_band_scene_objects_lie_inside_their_band_and_apart():
+def test_lit_scene_objects_lie_inside_the_image_and_apart():
     size = 128
     labels_per_shape = {}
     for index in range(24):
-        scene = band_scene.sample_scene(split_rng(1, 'val', 1, index), size)
-        _, masks = band_scene.render(scene, size)
+        scene = lit_scene.sample_scene(split_rng(1, 'val', 1, index), size)
+        _, masks = lit_scene.render(scene, size)
+        assert lit_scene.MIN_OBJECTS <= len(masks) <= lit_scene.MAX_OBJECTS
         assert not (np.sum(masks, axis=0) > 1).any()
-        axis = 0 if scene['vertical'] else 1
         for obj, mask in zip(scene['objects'], masks):
-            band = scene['bands'][obj['band']]
-            along = np.flatnonzero(mask.any(axis))
-            assert band['start'] < along[0] and along[-1] < band['end'] - 1
+            assert mask.sum() > 0.01 * size * size
             labels_per_shape.setdefault(obj['shape'], set()).add(
-                band_scene.object_label(scene, obj))
+                lit_scene.object_label(scene, obj))
     # Every shape occurs in both classes: the shape does not tell the class.
     assert labels_per_shape == {shape: {0, 1} for shape in ('disc', 'square', 'triangle')}
 
@@ -270,7 +296,7 @@ def test_generate_data_tool_prints_what_it_wrote(tmp_path, capsys):
     main(argv)
     out = capsys.readouterr().out
     assert 'segmentation: wrote 2 train + 1 val images of 48x48 (seed 5)' in out
-    assert 'background, object_on_hatched, object_on_plain' in out
+    assert 'background, reddish_object, greenish_object' in out
     assert "'img_path': 'img_dir/train'" in out
     assert len(os.listdir(tmp_path / 'ann_dir' / 'val')) == 1
     main(argv)

@@ -1,7 +1,7 @@
 """Detection and segmentation end to end through tools/train.py and tools/test.py.
 
-The quickstart configs with attention (RetinaNet R-18 + GC, PSPNet R-18 + CBAM) train on 4
-generated 128x128 images with batches of 2, in three rounds; the detection and the
+The quickstart configs with attention (RetinaNet R-18 + SE, Semantic FPN R-18 + CBAM) train
+on 4 generated 64x64 images with batches of 2, in three rounds; the detection and the
 segmentation run of a round are subprocesses that run at the same time:
 
 1. train (detection: 1 epoch, segmentation: 2 iterations), validate, save a checkpoint;
@@ -33,7 +33,7 @@ test_dataloader = loader
 """
 TASKS = {
     'detection': dict(
-        base='configs/quickstart/det_retinanet_r18-gc.py',
+        base='configs/quickstart/det_retinanet_r18-se.py',
         extra="""\
 val_evaluator = dict(ann_file=data_root + '/annotations/val.json')
 test_evaluator = val_evaluator
@@ -43,9 +43,9 @@ default_hooks = dict(checkpoint=dict(interval=1))
 model = dict(test_cfg=dict(score_thr=0.0))""",
         first='epoch_1.pth', resume=('train_cfg.max_epochs=2', ), last='epoch_2.pth',
         resumed='resumed epoch: 1, iter: 2', metric='coco/bbox_mAP',
-        attention='GC'),
+        attention='SE'),
     'segmentation': dict(
-        base='configs/quickstart/seg_pspnet_r18-cbam.py',
+        base='configs/quickstart/seg_fpn_r18-cbam.py',
         extra="""\
 train_cfg = dict(max_iters=2, val_interval=2)
 default_hooks = dict(checkpoint=dict(interval=2))""",
@@ -60,7 +60,7 @@ def workspace(tmp_path_factory):
     configs = {}
     for task, spec in TASKS.items():
         data = generate_dataset(task, str(root / 'data' / task), num_train=4, num_val=4,
-                                image_size=128, seed=0)
+                                image_size=64, seed=0)
         path = root / f'{task}.py'
         path.write_text(TINY.format(base=f'{ROOT}/{spec["base"]}', data_root=data['data_root'],
                                     extra=spec['extra']))
