@@ -32,7 +32,7 @@ def parse_args(argv=None):
                         f'(default {QUICKSTART_ROOT}, where configs/quickstart/ read them)')
     parser.add_argument('--num-train', type=int, help='default 200')
     parser.add_argument('--num-val', type=int, help='default 50')
-    parser.add_argument('--image-size', type=int, help='default: 64 for classification, '
+    parser.add_argument('--image-size', type=int, help='default: 32 for classification, '
                         '128 otherwise')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)

@@ -21,7 +21,7 @@ from .drawing import SPLITS
 TASKS = dict(classification=classification, detection=detection, segmentation=segmentation)
 MANIFEST = 'manifest.json'
 # Raise when a change of the drawing code changes the files of the same arguments.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def generate_dataset(task: str,
@@ -37,7 +37,7 @@ def generate_dataset(task: str,
         out_dir: Root of the data set (``data_root`` of the upstream dataset).
         num_train: Number of training images.
         num_val: Number of validation images.
-        image_size: Side of the square images; default 64 for classification, 128 otherwise.
+        image_size: Side of the square images; default 32 for classification, 128 otherwise.
         seed: Seed of every random choice: the same seed writes byte-identical files.
 
     Returns:

@@ -197,36 +197,6 @@ def test_segmentation_loads_in_mmseg_dataset_and_pipeline(tmp_path):
     assert len(seen) == len(info['classes']) and seen[0] > 0 and seen[1:].sum() > 0
 
 
-def test_classification_label_is_decided_by_the_marker():
-    size = 48
-    for index in range(8):
-        label = index % 4
-        scene = classification.sample_scene(split_rng(0, 'train', 1, index), label, size)
-        marker = 'red' if scene['marker'] == 'blue' else 'blue'
-        swapped = dict(scene, marker=marker)
-        other = classification.scene_label(swapped)
-        assert classification.scene_label(scene) == label and other != label
-        # Same shape, other class.
-        assert classification.CLASSES[other].split('_')[0] == scene['shape']
-        image, image_swapped = (classification.render(s, size) for s in (scene, swapped))
-        x0, y0, x1, y1 = classification.marker_box(scene, size)
-        changed = np.argwhere((image != image_swapped).any(-1))
-        assert len(changed) > 0
-        assert (changed[:, 0] >= y0).all() and (changed[:, 0] < y1).all()
-        assert (changed[:, 1] >= x0).all() and (changed[:, 1] < x1).all()
-
-
-def test_classification_marker_corner_and_classes_per_shape_vary(tmp_path):
-    corners = {classification.sample_scene(split_rng(0, 'train', 1, i), 0, 64)['corner']
-               for i in range(32)}
-    assert corners == {0, 1, 2, 3}
-    info = generate_dataset('classification', tmp_path, **SMALL['classification'])
-    for shape in classification.SHAPES:
-        per_marker = [n for name, n in info['counts']['train'].items()
-                      if name.startswith(shape)]
-        assert len(per_marker) == 2 and min(per_marker) > 0
-
-
 def red_green(colour):
     """ln(red / green) of RGB pixel values (+ 0.5: no zeros)."""
     colour = np.asarray(colour, dtype=np.float64) + 0.5

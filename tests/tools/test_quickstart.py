@@ -6,7 +6,7 @@ import re
 import pytest
 from mmengine.config import Config
 
-from cvattn_mm.datasets import generate_dataset
+from cvattn_mm.datasets import QUICKSTART_DATA, generate_dataset
 
 from .processes import load_tool
 
@@ -34,7 +34,9 @@ def test_quickstart_trains_every_model_per_seed_reports_the_statistics_and_draws
                             '--num-val', '4', '--num-maps', '2', '--seeds', '0', '5',
                             *TINY]) == 0
     output = capsys.readouterr().out
-    assert '== classification: data' in output and '(8 train, 4 val images of 64x64' in output
+    size = QUICKSTART_DATA['classification']['image_size']
+    assert '== classification: data' in output
+    assert f'(8 train, 4 val images of {size}x{size}' in output
     names = [name for name, _ in quickstart.TASKS['classification'].models]
     assert len(names) >= 3  # the baseline and at least two attention modules
     rows = table_rows(output)
@@ -72,7 +74,7 @@ def test_quickstart_trains_every_model_per_seed_reports_the_statistics_and_draws
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     # the data set is kept: a second run finds it
     data = generate_dataset('classification', str(tmp_path / 'data' / 'classification'),
-                            num_train=8, num_val=4, image_size=64, seed=0)
+                            num_train=8, num_val=4, image_size=size, seed=0)
     assert not data['written']
 
 
