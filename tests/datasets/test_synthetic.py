@@ -90,7 +90,7 @@ def test_folders_not_written_by_the_generator_are_kept(tmp_path):
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(task='depth'), 'task must be one of'),
-    (dict(task='classification', num_train=3), 'num_train must be at least 4'),
+    (dict(task='classification', num_train=2), 'num_train must be at least 3'),
     (dict(task='detection', num_val=0), 'num_val must be at least 1'),
     (dict(task='segmentation', image_size=16), 'image_size must be at least 48'),
     (dict(task='detection', seed=-1), 'seed must be a non-negative int'),
