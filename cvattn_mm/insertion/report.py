@@ -94,7 +94,8 @@ def _stage_plugin_rows(prefix: str, backbone: nn.Module) -> List[Tuple[str, Dict
     ``make_stage_plugins`` appends the plug-ins that select a stage (``stages=None``: every
     stage) to the end of that stage, in the order of ``plugins``."""
     plugins = getattr(backbone, 'plugins', None)
-    if not plugins or not hasattr(backbone, 'make_stage_plugins'):
+    if not plugins or not any(k.__name__ == 'BaseBackbone' and k.__module__.startswith('mmyolo.')
+                              for k in type(backbone).__mro__):
         return []
     rows = []
     for index, stage_name in enumerate(backbone.layers[1:]):  # layers[0] is the stem
