@@ -2,16 +2,13 @@
 e.g. mmyolo's CBAM): insertions build cvattn_mm's module under any default scope; in
 ``plugins=``, where the config's scope decides, the tools warn and ``type='cvattn_mm.<Name>'``
 builds ours."""
-import contextlib
 import importlib
-import logging
 
 import pytest
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_plugin_layer
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.registry import MODELS as ROOT
 from mmengine.registry import init_default_scope
 
@@ -23,6 +20,7 @@ from cvattn_mm.registry import MODELS
 
 from ..test_registry import KNOWN_CLASHES
 from ..tools.processes import load_tool
+from .logs import logged_messages
 
 CLASHES = [(name, where) for name, places in KNOWN_CLASHES.items() for where in places]
 YOLOV5_S = 'mmyolo::yolov5/yolov5_s-v61_syncbn_8xb16-300e_coco.py'
@@ -36,20 +34,6 @@ def registry_at(where: str):
     """The registry named ``'<module>.<attribute>'`` (``'mmyolo.registry.MODELS'``)."""
     module, attr = where.rsplit('.', 1)
     return getattr(importlib.import_module(module), attr)
-
-
-@contextlib.contextmanager
-def logged_messages():
-    """The messages logged through mmengine's current logger inside the block."""
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
 
 
 def foreign_warnings(messages):

@@ -1,7 +1,6 @@
 """Replacing convolutions (``replace=``) with the test doubles of
 tests/attention/plain_conv_replacement.py: keys, init from the conv, checkpoints, presets,
 frozen stages, plug-ins, the report and the errors."""
-import logging
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from cvattn_mm.insertion.report import format_rows, insertion_rows
 from cvattn_mm.registry import MODELS
 
 from ..attention.plain_conv_replacement import AbsorbingConvReplacement, PlainConvReplacement
+from .logs import logged_messages
 
 
 class PartialConvReplacement(PlainConvReplacement):
@@ -93,15 +93,8 @@ def replaced(backbone, *insertions, scope='mmpretrain'):
 
 def logged(fn, *args, **kwargs):
     """The messages that mmengine's current logger gets while ``fn`` runs."""
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    try:
-        fn(*args, logger=logger, **kwargs)
-    finally:
-        logger.removeHandler(handler)
+    with logged_messages() as messages:
+        fn(*args, logger=MMLogger.get_current_instance(), **kwargs)
     return '\n'.join(messages)
 
 
