@@ -6,7 +6,7 @@ from .generate import generate_dataset
 
 #: Size of each task's quickstart data set (configs/quickstart/ train on these).
 QUICKSTART_DATA = {
-    'classification': dict(num_train=2000, num_val=500, image_size=32),
+    'classification': dict(num_train=6000, num_val=1500, image_size=32),
     'detection': dict(num_train=400, num_val=100, image_size=64),
     'segmentation': dict(num_train=400, num_val=100, image_size=64),
 }
