@@ -6,10 +6,17 @@ e.g. SimAM's paper position between ``conv2`` and ``bn2``) then sees ``bn(conv(x
 of ``conv(x)``, and the model silently computes something else. Insertion records such pairs
 (:func:`conv_norm_pairs`), the model's pre-hook refuses to run once one was fused
 (:func:`check_unfused`), and :func:`fuse_conv_bn` fuses all other pairs.
+
+mmengine's ``efficient_conv_bn_eval`` (a config key naming modules, e.g. ``['backbone']``)
+fuses by another route: it traces those modules with ``torch.fx.symbolic_trace`` and replaces
+their forward with the traced graph. The trace records a call of a ``torch.nn`` layer without
+its hooks, so every site hosted by a conv or a norm would vanish from the model;
+:func:`check_untraced` refuses that.
 """
 from typing import Iterator, List, NamedTuple, Set, Tuple
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 from .site import SITES, AttentionSite, IdentityBlend
@@ -103,6 +110,45 @@ def check_unfused(model: nn.Module, site: AttentionSite) -> None:
         'taken back: rebuild or reload the model, then fuse it with '
         'cvattn_mm.insertion.fuse_conv_bn(model), which leaves the conv-norm pairs split by '
         'attention sites unfused.')
+
+
+def check_untraced(model: nn.Module) -> None:
+    """Raise if ``model`` is being traced by ``torch.fx.symbolic_trace``, or runs a forward
+    that such a trace replaced, while some of its sites are hooked on ``torch.nn`` layers
+    (which the trace records without their hooks).
+
+    Sites hooked on other modules (blocks, stages, mmcv's ConvModule) run during the trace,
+    which then records them or fails on them (a ``TraceError``), but does not drop them.
+
+    Args:
+        model: A model with attention sites (the owner of ``attention_sites``).
+    """
+    forward = model.__dict__.get('forward')
+    replaced = isinstance(getattr(forward, '__self__', None), fx.GraphModule)
+    if not (replaced or _symbolic_tracing()):
+        return
+    tracer = fx.Tracer()  # the default tracer's leaves: torch.nn layers but Sequential
+    lost = [site.path for site in getattr(model, SITES).values()
+            if any(tracer.is_leaf_module(model.get_submodule(path), path)
+                   for path in (site.host_path, site.wraps_from) if path is not None)]
+    if lost:
+        named = ', '.join(lost[:4]) + (f' and {len(lost) - 4} more' if len(lost) > 4 else '')
+        raise RuntimeError(
+            f'{type(model).__name__}: the attention sites at {named} are hooked on torch.nn '
+            'layers, and the model is traced by torch.fx.symbolic_trace, which records them '
+            "without their hooks (mmengine's efficient_conv_bn_eval config key traces the "
+            'modules it names this way), so the traced model would silently compute the model '
+            'without that attention. Leave the modules with attention out of '
+            'efficient_conv_bn_eval; cvattn_mm.insertion.fuse_conv_bn(model) fuses the '
+            'conv-norm pairs that no site splits.')
+
+
+def _symbolic_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` is tracing now (not ``torch.export`` or
+    ``torch.compile``; torch releases without ``is_fx_tracing_symbolic_tracing`` have only
+    ``is_fx_tracing``)."""
+    trace = fx._symbolic_trace
+    return getattr(trace, 'is_fx_tracing_symbolic_tracing', trace.is_fx_tracing)()
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:

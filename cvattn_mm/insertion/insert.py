@@ -31,7 +31,7 @@ from mmengine.registry import DefaultScope
 from ..attention.base import AttentionModule, loads_checkpoint
 from ..attention.conv_replacement import ConvReplacement
 from ..registry import MODELS, register_model
-from .fusion import check_unfused, conv_norm_pairs
+from .fusion import check_unfused, check_untraced, conv_norm_pairs
 from .places import candidate_message, resolve_places
 from .replace import replace_conv, resolve_convs
 from .site import (
@@ -359,9 +359,11 @@ def outermost_attention(model: nn.Module) -> List[AttentionModule]:
 
 class KeepSitesAttached:
     """Forward pre-hook of the model: re-attaches sites whose host module was replaced and
-    refuses to run a site whose conv-norm pair was fused (``fusion.check_unfused``)."""
+    refuses to run a site whose conv-norm pair was fused (``fusion.check_unfused``) or a
+    model whose trace drops sites (``fusion.check_untraced``)."""
 
     def __call__(self, model, args):
+        check_untraced(model)
         for site in getattr(model, SITES).values():
             check_unfused(model, site)
             first = site.wraps_from

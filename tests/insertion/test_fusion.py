@@ -122,3 +122,45 @@ def test_fold_arithmetic():
     assert [type(m).__name__ for m in model.children()] == [
         'BatchNorm2d', 'Conv2d', 'Identity', 'Conv2d', 'BatchNorm2d']
     assert relative_difference(out, ref) < 1e-6
+
+
+class Holder(nn.Module):
+    """A detector-like parent: ``backbone`` is the model with attention sites."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+def test_efficient_conv_bn_eval_is_refused_where_it_would_drop_attention():
+    # mmengine's Runner calls turn_on_efficient_conv_bn_eval(model, cfg.efficient_conv_bn_eval);
+    # its fx trace records bn2 without the SE hook, so the backbone would run without SE
+    from mmengine.model.efficient_conv_bn_eval import turn_on_efficient_conv_bn_eval
+    model = Holder(resnet50(dict(attention=dict(type='SE'), at='paper')))
+    plain = ResNet(depth=50, stem_channels=16, base_channels=16)
+    plain.load_state_dict(model.backbone.state_dict(), strict=False)  # + attention_sites.*
+    plain.eval()
+    assert relative_difference(output(plain), output(model.backbone)) > 1e-2
+    turn_on_efficient_conv_bn_eval(model, 'backbone')
+    with pytest.raises(RuntimeError, match=r"ResNet: the attention sites at layer1.0.bn3, "
+                       r"layer1.1.bn3, layer1.2.bn3, layer2.0.bn3 and 12 more are hooked on "
+                       r"torch.nn layers.*efficient_conv_bn_eval"):
+        output(model.backbone)
+    # without the check the traced forward computes the plain backbone
+    model.backbone._forward_pre_hooks.clear()
+    assert relative_difference(output(model.backbone), output(plain)) < 1e-6
+
+
+def test_tracing_a_parent_of_the_model_is_refused_during_the_trace():
+    model = Holder(resnet50(dict(attention=dict(type='CBAM'), at='layer4.*.conv2')))
+    with pytest.raises(RuntimeError, match=r'attention sites at layer4.0.conv2, layer4.1.conv2, '
+                       r'layer4.2.conv2 are hooked on torch.nn layers'):
+        torch.fx.symbolic_trace(model)
+    # without sites on torch.nn layers the trace goes on (and fails or records them itself)
+    bare = Holder(ResNet(depth=18, stem_channels=8, base_channels=8))
+    bare.eval()
+    traced = torch.fx.symbolic_trace(bare)
+    assert relative_difference(traced(X)[-1], bare(X)[-1]) == 0
