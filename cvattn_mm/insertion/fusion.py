@@ -21,6 +21,11 @@ import torch.nn as nn
 
 from .site import SITES, AttentionSite, IdentityBlend
 
+#: Whether ``torch.fx.symbolic_trace`` is tracing now (not ``torch.export`` or
+#: ``torch.compile``); torch releases without ``is_fx_tracing_symbolic_tracing`` have only
+#: ``is_fx_tracing``.
+symbolic_tracing = getattr(fx._symbolic_trace, 'is_fx_tracing_symbolic_tracing',
+                           fx._symbolic_trace.is_fx_tracing)
 #: The norm types that mmcv's ``fuse_conv_bn`` folds into a preceding Conv2d.
 FUSED_NORMS = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
 
@@ -125,7 +130,7 @@ def check_untraced(model: nn.Module) -> None:
     """
     forward = model.__dict__.get('forward')
     replaced = isinstance(getattr(forward, '__self__', None), fx.GraphModule)
-    if not (replaced or _symbolic_tracing()):
+    if not (replaced or symbolic_tracing()):
         return
     tracer = fx.Tracer()  # the default tracer's leaves: torch.nn layers but Sequential
     lost = [site.path for site in getattr(model, SITES).values()
@@ -141,14 +146,6 @@ def check_untraced(model: nn.Module) -> None:
             'without that attention. Leave the modules with attention out of '
             'efficient_conv_bn_eval; cvattn_mm.insertion.fuse_conv_bn(model) fuses the '
             'conv-norm pairs that no site splits.')
-
-
-def _symbolic_tracing() -> bool:
-    """Whether ``torch.fx.symbolic_trace`` is tracing now (not ``torch.export`` or
-    ``torch.compile``; torch releases without ``is_fx_tracing_symbolic_tracing`` have only
-    ``is_fx_tracing``)."""
-    trace = fx._symbolic_trace
-    return getattr(trace, 'is_fx_tracing_symbolic_tracing', trace.is_fx_tracing)()
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
